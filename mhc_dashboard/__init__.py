@@ -1,0 +1,39 @@
+"""mhc_dashboard: the stability dashboard's pictures, drawn with NumPy and Matplotlib only.
+
+Shared by the PyTorch Lightning callback (:mod:`mhc_torch.callback`) and the JAX monitor;
+it imports neither framework. Every function takes host NumPy arrays and returns a
+Matplotlib :class:`~matplotlib.figure.Figure` built without ``pyplot`` (no global figure
+registry to leak into), or encoded pixels.
+
+Colour scales (fixed, so pictures from different steps and runs compare by eye):
+
+- ``residual`` / ``mhc`` weights lie on the simplex: scale 0..1 (``YlOrRd``).
+- ``hc`` weights are unconstrained: symmetric scale -1..1 (``RdBu_r``); values beyond
+  +-1 saturate, shown by the colour bar's pointed ends.
+- In both, entries that are exactly 0 (unavailable states, pruned paths) are drawn black.
+"""
+
+from mhc_dashboard.export import figure_to_png, figure_to_rgb, png_to_rgb, rgb_to_png, tile
+from mhc_dashboard.heatmaps import (
+    colour_scale,
+    draw_layer_history,
+    draw_mixing_heatmap,
+    layer_history_heatmap,
+    mixing_heatmap,
+)
+from mhc_dashboard.highway import draw_highway, highway_plot
+
+__all__ = [
+    "colour_scale",
+    "draw_highway",
+    "draw_layer_history",
+    "draw_mixing_heatmap",
+    "figure_to_png",
+    "figure_to_rgb",
+    "highway_plot",
+    "layer_history_heatmap",
+    "mixing_heatmap",
+    "png_to_rgb",
+    "rgb_to_png",
+    "tile",
+]
