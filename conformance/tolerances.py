@@ -1,0 +1,27 @@
+"""Tolerances and the error measure of the conformance suite.
+
+For each compared array the error is norm-wise relative to the expected array:
+
+    rel = max|got - want| / max|want|     (max|got - want| itself when want is all zero)
+
+A cell passes when rel <= RTOL[dtype] for every array of every case in it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RTOL = {"float64": 1e-10, "float32": 1e-5}
+
+
+def errors(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
+    """(max absolute error, norm-wise relative error) of ``got`` against ``want``."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        return float("inf"), float("inf")
+    if not np.all(np.isfinite(got)):
+        return float("inf"), float("inf")
+    absolute = float(np.max(np.abs(got - want), initial=0.0))
+    scale = float(np.max(np.abs(want), initial=0.0))
+    return absolute, absolute / scale if scale > 0 else absolute
