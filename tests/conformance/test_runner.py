@@ -1,0 +1,80 @@
+"""The matrix machinery: verdicts per cell, "not run" for missing frameworks, crashes."""
+
+import json
+
+import numpy as np
+
+from conformance.backends import Backend
+from conformance.runner import case_group, failed, flatten_expected, render_matrix, run, to_json
+from conformance.tolerances import errors
+from mhc_spec.vectors import compute_expected, default_directory, load_vectors
+
+CASES = load_vectors(default_directory())
+
+
+class SpecBackend(Backend):
+    """Recomputes every quantity with mhc_spec, optionally corrupting one of them."""
+
+    def __init__(self, name="spec", corrupt=None, requires=()):
+        self.name, self.corrupt, self.requires = name, corrupt, requires
+
+    def run(self, case):
+        outputs = flatten_expected(compute_expected(case.config, case.kind, case.inputs))
+        if self.corrupt and self.corrupt[0](case):
+            outputs[self.corrupt[1]] = -outputs[self.corrupt[1]]
+        return outputs
+
+
+def test_errors_are_normwise_relative():
+    assert errors(np.array([1.0, 2.0]), np.array([1.0, 4.0])) == (2.0, 0.5)
+    assert errors(np.zeros(2), np.zeros(2)) == (0.0, 0.0)
+    assert errors(np.array([1e-3]), np.zeros(1)) == (1e-3, 1e-3)
+    assert errors(np.zeros(3), np.zeros(2)) == (np.inf, np.inf)
+    assert errors(np.array([np.nan]), np.zeros(1)) == (np.inf, np.inf)
+
+
+def test_a_correct_backend_passes_every_cell():
+    cells = run([SpecBackend()], CASES)
+    assert not failed(cells)
+    assert {c.group for c in cells} == {case_group(c) for c in CASES}
+    assert sum(c.cases for c in cells) == len(CASES)
+
+
+def test_a_wrong_sign_in_one_gradient_fails_exactly_that_cell():
+    def softmax_cases(case):
+        return case.config.kind == "mhc/softmax" and not case.name.startswith(("edge", "init"))
+
+    cells = run([SpecBackend(), SpecBackend("broken", (softmax_cases, "gradients.theta"))],
+                CASES)
+    bad = [(c.backend, c.group) for c in cells if c.status == "fail"]
+    assert bad == [("broken", "mhc/softmax")]
+    cell = next(c for c in cells if c.status == "fail")
+    assert all("gradients.theta" in f for f in cell.failures)
+    assert "FAIL" in render_matrix(cells)
+
+
+def test_missing_framework_is_not_run_never_passed():
+    cells = run([SpecBackend("ghost", requires=("no_such_framework_xyz",))], CASES)
+    assert {c.status for c in cells} == {"not run"}
+    assert not failed(cells)
+    text = render_matrix(cells)
+    assert "PASS" not in text and "not run (no_such_framework_xyz not installed)" in text
+    report = json.loads(json.dumps(to_json(cells)))
+    assert all(c["status"] == "not run" for c in report["cells"])
+
+
+def test_a_crash_and_a_missing_quantity_fail_the_cell():
+    class Crashing(SpecBackend):
+        def run(self, case):
+            if case.config.mode == "hc":
+                raise RuntimeError("boom")
+            outputs = super().run(case)
+            if case.config.mode == "residual":
+                del outputs["statistics.entropy"]
+            return outputs
+
+    cells = {c.group: c for c in run([Crashing("crashing")], CASES)}
+    assert cells["hc"].status == "fail" and "RuntimeError: boom" in cells["hc"].failures[0]
+    assert cells["residual"].status == "fail"
+    assert "statistics.entropy" in cells["residual"].failures[0]
+    assert cells["mhc/simplex"].status == "pass"
