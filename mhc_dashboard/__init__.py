@@ -18,6 +18,7 @@ from mhc_dashboard.heatmaps import (
     colour_scale,
     draw_layer_history,
     draw_mixing_heatmap,
+    layer_history_frames,
     layer_history_heatmap,
     mixing_heatmap,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "figure_to_png",
     "figure_to_rgb",
     "highway_plot",
+    "layer_history_frames",
     "layer_history_heatmap",
     "mixing_heatmap",
     "png_to_rgb",

@@ -7,7 +7,7 @@ s_{l-H+j}, so j = H-1 is the newest state (what a plain ResNet uses) and j = 0 t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
+from mhc_dashboard.export import figure_to_rgb
 from mhc_spec.config import MODES, check_choice, check_int
 
 # Drawn over non-finite entries so a diverged run is not mistaken for pruned paths (black).
@@ -62,11 +63,20 @@ def _show(ax: Axes, image: np.ndarray, mode: str, origin: str) -> AxesImage:
     cmap, low, high = colour_scale(mode)
     drawn = ax.imshow(np.ma.masked_equal(image, 0.0), cmap=cmap, vmin=low, vmax=high,
                       aspect="auto", interpolation="nearest", origin=origin)
+    _mark_non_finite(ax, image, origin)
+    return drawn
+
+
+def _mark_non_finite(ax: Axes, image: np.ndarray, origin: str) -> None:
+    """Overlay the non-finite entries of ``image`` in NON_FINITE_COLOUR, replacing any
+    earlier overlay on ``ax``."""
+    for old in [im for im in ax.images if im.get_gid() == NON_FINITE_COLOUR]:
+        old.remove()
     bad = ~np.isfinite(image)
     if bad.any():
         ax.imshow(np.where(bad, 1.0, np.nan), cmap=ListedColormap([NON_FINITE_COLOUR]),
-                  aspect="auto", interpolation="nearest", origin=origin)
-    return drawn
+                  aspect="auto", interpolation="nearest", origin=origin,
+                  gid=NON_FINITE_COLOUR)
 
 
 def _history_labels(h: int, separator: str) -> list[str]:
@@ -155,3 +165,24 @@ def layer_history_heatmap(history: np.ndarray, steps: Sequence[int], layer: int,
     image = draw_layer_history(ax, a, steps, layer, mode, title)
     _colour_bar(fig, image, cax, mode, "weight")
     return fig
+
+
+def layer_history_frames(history: np.ndarray, steps: Sequence[int], mode: str = "mhc",
+                         titles: Callable[[int], str] | None = None) -> Iterator[np.ndarray]:
+    """The pictures of :func:`layer_history_heatmap` for every layer of a (T, L, H) history,
+    as uint8 RGB arrays, layer 1 first. One figure is drawn and only its data and title
+    change per layer, which halves the cost of L separate figures."""
+    a = np.asarray(history, dtype=np.float64)
+    if a.ndim != 3 or 0 in a.shape:
+        raise ValueError(f"history must be a non-empty (steps, layers, H) array, "
+                         f"got shape {a.shape}.")
+    fig = layer_history_heatmap(a[:, 0], steps, 1, titles and titles(1), mode)
+    ax = fig.axes[0]
+    image = ax.images[0]
+    for layer in range(1, a.shape[1] + 1):
+        if layer > 1:
+            rows = a[:, layer - 1].T
+            image.set_data(np.ma.masked_equal(rows, 0.0))
+            _mark_non_finite(ax, rows, origin="lower")
+            ax.set_title(titles(layer) if titles else f"layer {layer}: weights over steps")
+        yield figure_to_rgb(fig)

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from mhc_dashboard import colour_scale, layer_history_heatmap, mixing_heatmap
+from mhc_dashboard import (
+    colour_scale,
+    figure_to_rgb,
+    layer_history_frames,
+    layer_history_heatmap,
+    mixing_heatmap,
+)
 from mhc_spec import MHCConfig, padded_weights
 from tests.dashboard.dashboard_pixels import expected_colour, pixel_at, rendered
 
@@ -107,3 +113,22 @@ def test_layer_history_validates_its_arguments():
         layer_history_heatmap(np.zeros((3, 2)), [0, 1, 2], layer=0)
     with pytest.raises(ValueError, match="history must be a non-empty 2-D array"):
         layer_history_heatmap(np.zeros(3), [0, 1, 2], layer=1)
+
+
+def test_layer_history_frames_match_one_figure_per_layer():
+    history = np.random.default_rng(1).uniform(size=(5, 4, 3))
+    history[:, 0, :2] = 0.0  # layer 1 sees only the newest state
+    history[2, 1, 1] = np.nan  # a non-finite entry in layer 2 only: its overlay must not stay
+    steps = [0, 10, 20, 30, 40]
+    frames = list(layer_history_frames(history, steps, mode="mhc",
+                                       titles=lambda layer: f"net layer {layer}"))
+    assert len(frames) == 4
+    for layer, frame in enumerate(frames, start=1):
+        fig = layer_history_heatmap(history[:, layer - 1], steps, layer,
+                                    title=f"net layer {layer}", mode="mhc")
+        np.testing.assert_array_equal(frame, figure_to_rgb(fig), err_msg=f"layer {layer}")
+
+
+def test_layer_history_frames_reject_non_3d_history():
+    with pytest.raises(ValueError, match=r"history must be a non-empty \(steps, layers, H\)"):
+        list(layer_history_frames(np.zeros((3, 2)), [0, 1, 2]))
