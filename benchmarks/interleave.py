@@ -1,0 +1,106 @@
+"""Round-robin timing: every variant runs once per round, so drift and noise from other
+processes spread evenly over all variants instead of biasing whichever ran last."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Variant:
+    """One thing to time: ``step`` is the timed work, ``prepare`` runs untimed before it."""
+
+    name: str
+    step: Callable[[], object]
+    prepare: Callable[[], object] | None = None
+    info: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class Timing:
+    """Samples of one variant, in seconds; ``first_s`` is the first (cold) call."""
+
+    name: str
+    first_s: float
+    samples: list[float]
+    info: dict[str, object]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def quantile(self, q: float) -> float:
+        """The q-quantile of the samples (linear interpolation between order statistics)."""
+        ordered = sorted(self.samples)
+        position = q * (len(ordered) - 1)
+        low = int(position)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "median_s": self.median,
+            "p25_s": self.quantile(0.25),
+            "p75_s": self.quantile(0.75),
+            "n": len(self.samples),
+            "first_s": self.first_s,
+            **self.info,
+        }
+
+
+def _timed(variant: Variant) -> float:
+    if variant.prepare is not None:
+        variant.prepare()
+    start = time.perf_counter()
+    variant.step()
+    return time.perf_counter() - start
+
+
+def plan_rounds(round_s: float, budget_s: float, min_rounds: int, max_rounds: int) -> int:
+    """Rounds that fit in ``budget_s`` given one round's time, clamped to [min, max]."""
+    if round_s <= 0:
+        return max_rounds
+    return max(min_rounds, min(max_rounds, int(budget_s / round_s)))
+
+
+def run_interleaved(
+    variants: Sequence[Variant],
+    warmup: int = 3,
+    min_rounds: int = 20,
+    max_rounds: int = 200,
+    budget_s: float = 60.0,
+    log: Callable[[str], object] = print,
+) -> list[Timing]:
+    """Warm every variant up, then time them round-robin (rotating the order each round).
+
+    The number of rounds is ``budget_s`` divided by the last warm-up round's time, clamped to
+    [min_rounds, max_rounds]; the garbage collector runs between rounds, never inside a step.
+    """
+    firsts: dict[str, float] = {}
+    last_warm: dict[str, float] = {}
+    for variant in variants:
+        firsts[variant.name] = _timed(variant)
+        last_warm[variant.name] = firsts[variant.name]
+        for _ in range(max(warmup - 1, 0)):
+            last_warm[variant.name] = _timed(variant)
+        log(f"  warm {variant.name}: first {firsts[variant.name]:.3f}s, "
+            f"then {last_warm[variant.name] * 1e3:.2f}ms")
+    rounds = plan_rounds(sum(last_warm.values()), budget_s, min_rounds, max_rounds)
+    samples: dict[str, list[float]] = {variant.name: [] for variant in variants}
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for index in range(rounds):
+            shift = index % len(variants)
+            for variant in [*variants[shift:], *variants[:shift]]:
+                samples[variant.name].append(_timed(variant))
+            gc.collect()
+    finally:
+        if enabled:
+            gc.enable()
+    return [Timing(v.name, firsts[v.name], samples[v.name], dict(v.info)) for v in variants]

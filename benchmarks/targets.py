@@ -1,0 +1,148 @@
+"""The issue's targets, each evaluated from the raw results as met, missed or not measured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from benchmarks.torch_stacks import KINDS, SHAPES, shape_label
+
+Results = dict[str, dict]
+
+TARGET_HISTORY = 4
+OUR_DEFAULT = f"mhc/simplex H{TARGET_HISTORY}"
+PEER_TRUE_GRADIENTS = f"peer detach=False H{TARGET_HISTORY}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One target: what was asked, what was measured, and whether it was met (None: no data)."""
+
+    target: str
+    measured: str
+    met: bool | None
+
+    @property
+    def status(self) -> str:
+        return {True: "met", False: "MISSED", None: "not measured"}[self.met]
+
+
+def torch_medians(results: Results) -> dict[str, dict[str, float]]:
+    """{shape: {variant: median seconds}} from every torch_speed_<shape> result."""
+    table = {}
+    for name, payload in results.items():
+        if name.startswith("torch_speed_"):
+            table[payload["shape"]] = {t["name"]: t["median_s"] for t in payload["timings"]}
+    return table
+
+
+def _ratio_target(text: str, ratios: dict[str, float], limit: float) -> Outcome:
+    if not ratios:
+        return Outcome(text, "no data", None)
+    measured = ", ".join(f"{label} {value:.3f}x" for label, value in ratios.items())
+    return Outcome(text, measured, max(ratios.values()) <= limit)
+
+
+def eager_target(results: Results, shape: str, limit: float) -> Outcome:
+    medians = torch_medians(results).get(shape, {})
+    ratios = {kind: medians[f"{kind} H{TARGET_HISTORY}"] / medians["residual"]
+              for kind in KINDS if f"{kind} H{TARGET_HISTORY}" in medians}
+    return _ratio_target(f"torch eager <= {limit:.2f}x residual at {shape} (H=4, each kind)",
+                         ratios, limit)
+
+
+def compiled_target(results: Results, limit: float = 1.05) -> Outcome:
+    ratios = {}
+    for shape, medians in torch_medians(results).items():
+        for kind in KINDS:
+            name = f"compiled {kind} H{TARGET_HISTORY}"
+            if name in medians and "compiled residual" in medians:
+                ratios[f"{kind} {shape}"] = medians[name] / medians["compiled residual"]
+    return _ratio_target(f"torch.compile <= {limit:.2f}x compiled residual (H=4, every "
+                         "kind and shape)", ratios, limit)
+
+
+def peer_speedups(results: Results) -> dict[str, float]:
+    """{shape: peer detach=False time / our mhc/simplex time}, both at H=4, eager."""
+    speedups = {}
+    for shape, medians in torch_medians(results).items():
+        if OUR_DEFAULT in medians and PEER_TRUE_GRADIENTS in medians:
+            speedups[shape] = medians[PEER_TRUE_GRADIENTS] / medians[OUR_DEFAULT]
+    return speedups
+
+
+def peer_targets(results: Results) -> list[Outcome]:
+    speedups = peer_speedups(results)
+    ordered = {shape_label(*s): speedups[shape_label(*s)] for s in SHAPES
+               if shape_label(*s) in speedups}
+    measured = ", ".join(f"{shape} {value:.2f}x" for shape, value in ordered.items())
+    every = Outcome("faster than mhc 0.5.5 (detach_history=False) at every shape "
+                    "(mhc/simplex H=4, eager)", measured or "no data",
+                    None if not ordered else min(ordered.values()) > 1.0)
+    small = shape_label(*SHAPES[0])
+    at_small = Outcome(f">= 2x faster than mhc 0.5.5 (detach_history=False) at {small}",
+                       f"{speedups[small]:.2f}x" if small in speedups else "no data",
+                       None if small not in speedups else speedups[small] >= 2.0)
+    return [every, at_small]
+
+
+def memory_ratios(results: Results, field: str = "saved_activation_bytes",
+                  with_peer: bool = False) -> dict[str, float]:
+    """{"variant shape": field / the residual stack's field at that shape}."""
+    rows = results.get("torch_memory", {}).get("rows", [])
+    residual = {row["shape"]: row[field] for row in rows if row["name"] == "residual"}
+    return {f"{row['name']} {row['shape']}": row[field] / residual[row["shape"]]
+            for row in rows if with_peer or not row["name"].startswith("peer")}
+
+
+def memory_target(results: Results, limit: float = 1.05) -> Outcome:
+    ratios = {k: v for k, v in memory_ratios(results).items()
+              if not k.startswith("residual ")}
+    text = f"saved-for-backward activations <= {limit:.2f}x residual (every variant and shape)"
+    if not ratios:
+        return Outcome(text, "no data", None)
+    worst = max(ratios, key=ratios.__getitem__)
+    return Outcome(text, f"worst {worst}: {ratios[worst]:.3f}x", ratios[worst] <= limit)
+
+
+def callback_target(results: Results, limit: float = 0.02) -> Outcome:
+    text = f"callback overhead on non-logging steps <= {limit:.0%}"
+    payload = results.get("lightning_overhead")
+    if payload is None:
+        return Outcome(text, "no data", None)
+    ratio = payload["comparison"]["non_logging"]["ratio"]
+    return Outcome(text, f"{ratio - 1:+.2%}", ratio - 1 <= limit)
+
+
+def jax_step_target(results: Results, limit: float = 1.10) -> Outcome:
+    text = f"JAX jitted step (scan build) <= {limit:.2f}x jitted residual"
+    payload = results.get("jax_speed")
+    if payload is None:
+        return Outcome(text, "no data", None)
+    ratios = {row["shape"]: row["median_s"] / payload["residual_median_s"][row["shape"]]
+              for row in payload["timings"] if row["name"] == OUR_DEFAULT + " scan"}
+    return _ratio_target(text, ratios, limit)
+
+
+def jax_compile_target(results: Results, limit: float = 1.5) -> Outcome:
+    text = f"scan compile time at depth 200 <= {limit:.1f}x depth 25"
+    rows = results.get("jax_compile", {}).get("rows", [])
+    seconds = {row["depth"]: row["compile_s"] for row in rows if row["build"] == "scan"}
+    if 25 not in seconds or 200 not in seconds:
+        return Outcome(text, "no data", None)
+    ratio = seconds[200] / seconds[25]
+    return Outcome(text, f"{seconds[200]:.2f}s / {seconds[25]:.2f}s = {ratio:.2f}x",
+                   ratio <= limit)
+
+
+def evaluate(results: Results) -> list[Outcome]:
+    """Every target of the issue, in the issue's order."""
+    return [
+        eager_target(results, "512x256", 1.10),
+        eager_target(results, "64x64", 1.5),
+        compiled_target(results),
+        *peer_targets(results),
+        memory_target(results),
+        callback_target(results),
+        jax_step_target(results),
+        jax_compile_target(results),
+    ]

@@ -1,0 +1,141 @@
+"""The benchmark harness's logic (no timing assertions): storage counting, round-robin
+order, quantiles, step classification, target evaluation and the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from benchmarks.interleave import Timing, Variant, plan_rounds, run_interleaved
+from benchmarks.lightning_overhead import StepStamps, compare
+from benchmarks.report import render
+from benchmarks.targets import evaluate
+from benchmarks.torch_memory import saved_for_backward
+from benchmarks.torch_stacks import ResidualStack, build, linear_layers, variant_name
+
+
+def test_residual_stack_saves_each_linear_input_once() -> None:
+    depth, batch, width = 3, 5, 8
+    model = ResidualStack(linear_layers(width, depth))
+    saved = saved_for_backward(model, torch.randn(batch, width))
+    # Each Linear keeps its input (batch x width floats) for dW, and its weight for the
+    # input's gradient, which the first layer does not need (x has no grad); adds keep nothing.
+    assert saved["saved_activation_bytes"] == depth * batch * width * 4
+    assert saved["saved_bytes"] == (depth * batch * width + (depth - 1) * width * width) * 4
+
+
+class StackedViews(nn.Module):
+    """Saves two views of one stacked tensor (one storage of 2 x batch x width floats) and,
+    twice, the parameter p (one storage)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stacked = torch.stack([x * 2.0, x * 3.0])
+        return stacked[0] * self.p + stacked[1] * self.p
+
+
+def test_views_of_one_storage_count_once() -> None:
+    saved = saved_for_backward(StackedViews(8), torch.randn(5, 8, requires_grad=True))
+    assert saved["saved_activation_bytes"] == 2 * 5 * 8 * 4
+    assert saved["saved_bytes"] == 2 * 5 * 8 * 4 + 8 * 4
+
+
+def test_plan_rounds_clamps() -> None:
+    assert plan_rounds(0.1, 10.0, 20, 200) == 100
+    assert plan_rounds(1.0, 10.0, 20, 200) == 20
+    assert plan_rounds(0.001, 10.0, 20, 200) == 200
+
+
+def test_round_robin_runs_every_variant_once_per_round_rotating() -> None:
+    calls: list[str] = []
+    prepared: list[str] = []
+    variants = [Variant(name, lambda n=name: calls.append(n), lambda n=name: prepared.append(n))
+                for name in "abc"]
+    timings = run_interleaved(variants, warmup=2, min_rounds=4, max_rounds=4, budget_s=0.0,
+                              log=lambda line: None)
+    rounds = [calls[6 + 3 * i: 9 + 3 * i] for i in range(4)]  # after 2 warm-up calls each
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]
+    assert rounds == [list("abc"), list("bca"), list("cab"), list("abc")]
+    assert prepared == calls
+    assert [len(t.samples) for t in timings] == [4, 4, 4]
+
+
+def test_quantiles_match_numpy_linear() -> None:
+    samples = [0.3, 0.1, 0.4, 0.15, 0.9, 0.2]
+    timing = Timing("x", 0.0, samples, {})
+    for q in (0.0, 0.25, 0.5, 0.75, 1.0):
+        assert timing.quantile(q) == pytest.approx(np.quantile(samples, q))
+    assert timing.median == pytest.approx(np.median(samples))
+
+
+def test_step_intervals_and_logging_classification() -> None:
+    stamps = StepStamps()
+    stamps.stamps = [(0, 0.0), (1, 1.0), (2, 1.5), (3, 3.5), (4, 4.0)]
+    assert stamps.intervals() == [(1, 0.5), (2, 2.0), (3, 0.5)]  # step 0 dropped as warm-up
+    plain = [(1, 1.0), (2, 2.0), (3, 1.0), (4, 2.0)]
+    with_cb = [(1, 1.1), (2, 3.0), (3, 1.1), (4, 4.0)]
+    result = compare(plain, with_cb, every=2)
+    assert result["non_logging"]["ratio"] == pytest.approx(1.1)
+    assert result["logging"]["ratio"] == pytest.approx(3.5 / 2.0)
+
+
+def _speed(shape: str, medians: dict[str, float]) -> dict[str, object]:
+    return {"shape": shape, "timings": [
+        {"name": name, "median_s": value, "p25_s": value, "p75_s": value, "n": 20,
+         "first_s": value, "compiled": name.startswith("compiled")}
+        for name, value in medians.items()], "load_before": [0, 0, 0],
+        "load_after": [0, 0, 0]}
+
+
+def _memory(name: str, activations: int) -> dict[str, object]:
+    return {"shape": "64x64", "name": name, "saved_activation_bytes": activations,
+            "saved_bytes": activations + 10, "peak_rss_bytes": 1000 + activations,
+            "step_rss_bytes": activations}
+
+
+def test_targets_from_synthetic_results() -> None:
+    results = {
+        "torch_speed_64x64": _speed("64x64", {
+            "residual": 1.0, "mhc/simplex H4": 1.4, "mhc/softmax H4": 1.3, "hc H4": 1.2,
+            "peer detach=False H4": 3.0, "compiled residual": 1.0,
+            "compiled mhc/simplex H4": 1.04}),
+        "torch_speed_512x256": _speed("512x256", {
+            "residual": 1.0, "mhc/simplex H4": 1.2, "mhc/softmax H4": 1.05, "hc H4": 1.0,
+            "peer detach=False H4": 1.1}),
+        "torch_memory": {"rows": [
+            _memory("residual", 100), _memory("mhc/simplex H4", 104),
+            _memory("peer default H4", 500)]},
+        "lightning_overhead": {
+            "comparison": compare([(1, 1.0), (50, 2.0)], [(1, 1.03), (50, 3.0)], every=50),
+            "non_logging_ratio_per_round": [1.03], "log_every_n_steps": 50, "rounds": 1,
+            "steps_per_fit": 51, "shape": {"depth": 50, "width": 64, "batch": 64,
+                                           "history": 4}},
+        "jax_compile": {"rows": [{"build": "scan", "depth": 25, "compile_s": 2.0},
+                                 {"build": "scan", "depth": 200, "compile_s": 2.5}]},
+    }
+    status = {o.target.split(" (")[0]: o.met for o in evaluate(results)}
+    assert status == {
+        "torch eager <= 1.10x residual at 512x256": False,   # mhc/simplex at 1.2x
+        "torch eager <= 1.50x residual at 64x64": True,
+        "torch.compile <= 1.05x compiled residual": True,
+        "faster than mhc 0.5.5": False,                      # 1.1 / 1.2 < 1 at 512x256
+        ">= 2x faster than mhc 0.5.5": True,                 # 3.0 / 1.4
+        "saved-for-backward activations <= 1.05x residual": True,  # the peer is not ours
+        "callback overhead on non-logging steps <= 2%": False,
+        "JAX jitted step": None,
+        "scan compile time at depth 200 <= 1.5x depth 25": True,
+    }
+    text = render(results)
+    assert "**MISSED**" in text and "**not measured**" in text
+
+
+def test_variant_names_build_the_right_stacks() -> None:
+    layers = linear_layers(4, 2)
+    assert isinstance(build("residual", layers), ResidualStack)
+    assert variant_name("mhc/simplex", 4) == "mhc/simplex H4"
+    assert variant_name("residual", None) == "residual"
