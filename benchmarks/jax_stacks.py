@@ -1,0 +1,108 @@
+"""The JAX stacks under test and their jitted SGD train steps.
+
+Every train step has the same form: ``params' = params - lr * grad(sum(model(x) * g))``,
+jitted with the parameters donated, so a timed step is the forward, the backward and the
+update, exactly like the PyTorch benchmark's ``model(x).backward(g)`` plus an SGD update.
+The mhc_jax models are run functionally (``nnx.split`` once, ``nnx.merge`` inside the jitted
+function), the pattern Flax recommends for speed, so no Python graph traversal is timed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+LEARNING_RATE = 1e-4
+
+Step = Callable[[Any, jax.Array, jax.Array], Any]
+
+
+def sgd(params: Any, grads: Any) -> Any:
+    return jax.tree.map(lambda p, d: p - LEARNING_RATE * d, params, grads)
+
+
+def residual_params(width: int, depth: int, seed: int = 0) -> dict[str, jax.Array]:
+    """Stacked Linear(width, width) parameters: kernel (L, in, out) and bias (L, out)."""
+    key_w, key_b = jax.random.split(jax.random.key(seed))
+    bound = width ** -0.5
+    return {
+        "kernel": jax.random.uniform(key_w, (depth, width, width), jnp.float32, -bound, bound),
+        "bias": jax.random.uniform(key_b, (depth, width), jnp.float32, -bound, bound),
+    }
+
+
+def residual_scan_forward(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+    """s_l = s_{l-1} W_l + b_l + s_{l-1}, layers run by lax.scan (compile time flat in L)."""
+
+    def body(s: jax.Array, layer: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
+        kernel, bias = layer
+        return s @ kernel + bias + s, None
+
+    out, _ = jax.lax.scan(body, x, (params["kernel"], params["bias"]))
+    return out
+
+
+def residual_loop_forward(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+    """The same stack unrolled by a Python loop."""
+    s = x
+    for kernel, bias in zip(params["kernel"], params["bias"], strict=True):
+        s = s @ kernel + bias + s
+    return s
+
+
+def train_step(forward: Callable[[Any, jax.Array], jax.Array]) -> Step:
+    """The jitted SGD step of sum(forward(params, x) * g), parameters donated."""
+
+    def step(params: Any, x: jax.Array, g: jax.Array) -> Any:
+        grads = jax.grad(lambda p: jnp.sum(forward(p, x) * g))(params)
+        return sgd(params, grads)
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def kind_options(kind: str) -> dict[str, str]:
+    if kind.startswith("mhc/"):
+        return {"mode": "mhc", "constraint": kind.split("/", 1)[1]}
+    return {"mode": kind}
+
+
+def mhc_model(width: int, depth: int, history: int, kind: str, scan: bool, seed: int = 0):
+    """mhc_jax.MHCSequential of ``depth`` nnx.Linear(width, width): scan or loop build."""
+    from flax import nnx
+
+    from mhc_jax import MHCSequential
+
+    rngs = nnx.Rngs(seed)
+    options = {"max_history": history, **kind_options(kind)}
+    if scan:
+        return MHCSequential.scanned(lambda r: nnx.Linear(width, width, rngs=r), depth,
+                                     rngs=rngs, **options)
+    return MHCSequential([nnx.Linear(width, width, rngs=rngs) for _ in range(depth)],
+                         **options)
+
+
+def functional(model: Any) -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
+    """(forward(params, x), params) for an nnx model: split once, merged inside jit."""
+    from flax import nnx
+
+    graphdef, params = nnx.split(model)
+
+    def forward(state: Any, x: jax.Array) -> jax.Array:
+        return nnx.merge(graphdef, state)(x)
+
+    return forward, params
+
+
+def variant(name: str, width: int, depth: int) -> tuple[Step, Any]:
+    """(jitted step, initial parameters) for a variant name such as ``residual scan`` or
+    ``mhc/simplex H4 loop``."""
+    if name.startswith("residual"):
+        forward = residual_scan_forward if name.endswith("scan") else residual_loop_forward
+        return train_step(forward), residual_params(width, depth)
+    label, build = name.rsplit(" ", 1)
+    kind, history = label.rsplit(" H", 1)
+    forward, params = functional(mhc_model(width, depth, int(history), kind, build == "scan"))
+    return train_step(forward), params
