@@ -118,7 +118,8 @@ def test_layer_history_validates_its_arguments():
 def test_layer_history_frames_match_one_figure_per_layer():
     history = np.random.default_rng(1).uniform(size=(5, 4, 3))
     history[:, 0, :2] = 0.0  # layer 1 sees only the newest state
-    history[2, 1, 1] = np.nan  # a non-finite entry in layer 2 only: its overlay must not stay
+    history[0, 0, 2] = np.inf  # non-finite entries in layers 1 and 2 only: their overlays
+    history[2, 1, 1] = np.nan  # must not stay in the frames of later layers
     steps = [0, 10, 20, 30, 40]
     frames = list(layer_history_frames(history, steps, mode="mhc",
                                        titles=lambda layer: f"net layer {layer}"))
