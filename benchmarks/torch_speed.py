@@ -18,6 +18,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 
 import torch
@@ -155,7 +156,10 @@ def main(argv: list[str] | None = None) -> None:
         command = [sys.executable, "-m", "benchmarks.torch_speed", "--shape",
                    shape_label(width, batch)]
         command += ["--quick"] * args.quick + ["--no-compile"] * args.no_compile
-        subprocess.run(command, check=True, env=os.environ.copy())
+        # A fresh inductor cache: the recorded first-call times are cold compiles.
+        with tempfile.TemporaryDirectory() as cache:
+            subprocess.run(command, check=True,
+                           env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache})
 
 
 if __name__ == "__main__":
