@@ -1,0 +1,101 @@
+"""Mixing weights of every layer at once: the spec's projections on the padded (L, H) layout.
+
+Row l-1 belongs to layer l and column j pairs with state s_{l-H+j}; a layer that sees only
+K < H states has its H-K leading columns masked, and those weights are exactly 0 (see
+:func:`mhc_spec.projections.padded_weights`). All rows are projected by one batched
+computation per forward, in the parameters' dtype (float32 under autocast).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mhc_spec.config import MHCConfig
+
+
+class _Sparsemax(torch.autograd.Function):
+    """a = max(z - tau(z), 0) on the last axis, with the closed-form backward
+    dz = s * (g - <s, g> / |s|), s = [a > 0] (:func:`mhc_spec.projections.sparsemax_vjp`).
+
+    Masked entries arrive as -inf and leave as exact zeros with zero gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> Tensor:
+        # Shift-invariant: projecting z - max(z) keeps huge logits exact.
+        z = z - z.amax(dim=-1, keepdim=True)
+        z_sorted = torch.sort(z, dim=-1, descending=True).values
+        k = torch.arange(1, z.shape[-1] + 1, dtype=z.dtype, device=z.device)
+        cumsum = z_sorted.cumsum(dim=-1)
+        support = (1.0 + k * z_sorted > cumsum).sum(dim=-1, keepdim=True)
+        tau = (cumsum.gather(-1, support - 1) - 1.0) / support.to(z.dtype)
+        a = torch.clamp(z - tau, min=0.0)
+        ctx.save_for_backward(a)
+        return a
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (a,) = ctx.saved_tensors
+        support = (a > 0).to(grad.dtype)
+        mean = (support * grad).sum(dim=-1, keepdim=True) / support.sum(dim=-1, keepdim=True)
+        return support * (grad - mean)
+
+
+def sparsemax(z: Tensor) -> Tensor:
+    """argmin_{a in simplex} ||a - z||^2 on the last axis (entries of -inf get exactly 0)."""
+    return _Sparsemax.apply(z)
+
+
+def window_mask(depth: int, max_history: int, carried: int, device: torch.device) -> Tensor:
+    """Bool (L, H): column j of layer l is available iff j >= H - K_l, K_l = min(H, l + carried).
+
+    ``carried`` counts the states a continued history holds before s_0 (0 without one).
+    """
+    columns = torch.arange(max_history, device=device)
+    available = (torch.arange(1, depth + 1, device=device) + carried).clamp(max=max_history)
+    return columns >= (max_history - available).unsqueeze(-1)
+
+
+def padded_weights(config: MHCConfig, theta: Tensor | None, mask: Tensor, dtype: torch.dtype
+                   ) -> Tensor:
+    """The padded weights A (rows of ``mask``, H) of ``config``'s projection P.
+
+    residual: e_{K-1};  hc: z;  mhc: sparsemax(z/tau), softmax(z/tau) or
+    eps * e_{K-1} + (1 - eps) * sparsemax(z/tau); masked entries exactly 0.
+    """
+    h = config.max_history
+    newest = torch.arange(h, device=mask.device) == h - 1
+    if config.mode == "residual":
+        return newest.to(dtype).expand(mask.shape)
+    if config.mode == "hc":
+        return torch.where(mask, theta, torch.zeros((), dtype=theta.dtype, device=theta.device))
+    scaled = torch.where(mask, theta / config.temperature,
+                         torch.full((), float("-inf"), dtype=theta.dtype, device=theta.device))
+    if config.constraint == "softmax":
+        return torch.softmax(scaled, dim=-1)
+    a = sparsemax(scaled)
+    if config.constraint == "identity":
+        a = config.epsilon * newest.to(a.dtype) + (1.0 - config.epsilon) * a
+    return a
+
+
+def gate_values(gamma: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype,
+                device: torch.device) -> Tensor:
+    """g = sigmoid(gamma) with gating, else ones of ``shape``."""
+    if gamma is None:
+        return torch.ones(shape, dtype=dtype, device=device)
+    return torch.sigmoid(gamma)
+
+
+def mixing_coefficients(config: MHCConfig, theta: Tensor | None, gamma: Tensor | None,
+                        mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """C = g[:, None] * A: the coefficient of every window state in every layer's skip path.
+
+    Computed with autocast disabled, so the coefficients keep the parameters' precision.
+    """
+    with torch.autocast(mask.device.type, enabled=False):
+        weights = padded_weights(config, theta, mask, dtype)
+        if gamma is None:
+            return weights
+        return weights * torch.sigmoid(gamma).unsqueeze(-1)

@@ -1,0 +1,193 @@
+"""The eager training path of :class:`mhc_torch.MHCSequential`: every state in one arena.
+
+Forward: s_0..s_L are rows of one contiguous arena (after any carried states), so layer l's
+window s_{l-K}..s_{l-1} is a (K, N) slice and its skip path is a single matrix-vector
+product written straight into s_l's row:
+
+    s_l = y_l + C[l-1, H-K:] @ arena[l-K:l]          (one ``addmv``)
+
+Each state handed to the blocks is a tensor of its own aliasing its arena row, so writing a
+later row never bumps the version counter of a state a block saved for backward; every
+row is written exactly once. No stacked copy of the window exists: the arena *is* the
+activations the blocks would save anyway.
+
+Backward walks l = L..0 (each step's output feeds the next step, so the order is fixed)
+and pulls the skip gradients instead of pushing them through the autograd engine:
+
+    ds_t = g_t + sum_{l=t+1}^{min(t+H, L)} C[l-1, t-l+H] * ds_l   (one ``addmv`` over a
+                                                                  ring of the last H ds_l)
+    dC[l-1, H-K:] = arena[l-K:l] @ ds_l                           (one ``mv``)
+
+where g_t is what the autograd engine delivers to s_t (the gradient through block t+1, or
+dLoss/ds_L). This is first-order only: double backward raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mhc_torch.highway import norm_of
+
+RunBlock = Callable[[int, nn.Module, Tensor], Tensor]
+
+
+def _pull_matrix(coefficients: Tensor, depth: int, h: int) -> Tensor:
+    """P (L+1, H): P[t, l % H] = C[l-1, t-l+H] for l in [t+1, min(t+H, L)], else 0."""
+    device = coefficients.device
+    t = torch.arange(depth + 1, device=device).unsqueeze(-1)
+    r = torch.arange(h, device=device)
+    layer = t + 1 + torch.remainder(r - t - 1, h)
+    index = ((layer - 1) * h + t - layer + h).clamp(max=depth * h - 1)
+    values = coefficients.reshape(-1)[index]
+    return torch.where(layer <= depth, values, torch.zeros((), dtype=values.dtype, device=device))
+
+
+class _Tape:
+    """What the steps of one forward share: the arena while it is filled (forward only) and
+    the gradient ring with the pull coefficients (backward only)."""
+
+    def __init__(self, x: Tensor, depth: int, h: int, carried: Sequence[Tensor],
+                 coefficients: Tensor, skip_grads: bool, norms: list | None) -> None:
+        self.depth, self.h, self.prefix = depth, h, len(carried)
+        self.shape, self.numel = x.shape, x.numel()
+        self.arena: Tensor | None = x.new_empty((self.prefix + depth + 1, self.numel))
+        self.storage = self.arena.untyped_storage()
+        for index, state in enumerate(carried):
+            self.arena[index].copy_(state.reshape(-1))
+        self.coefficients = coefficients.detach()
+        self.skip_grads = skip_grads
+        self.norms = norms
+        self.device_type = x.device.type
+        self.autocast = torch.is_autocast_enabled(self.device_type)
+        self.ring_t: Tensor | None = None
+        self.ring_rows: tuple[Tensor, ...] = ()
+        self.pull_rows: tuple[Tensor, ...] = ()
+
+    def state(self, t: int) -> Tensor:
+        """s_t: a tensor of its own (own version counter) aliasing the arena row of s_t."""
+        alias = self.arena.new_empty(0)
+        return alias.set_(self.storage, (self.prefix + t) * self.numel, self.shape)
+
+    def window(self, layer: int) -> Tensor:
+        """The (K, N) rows of s_{l-K}..s_{l-1}, K = min(H, l + carried)."""
+        stop = self.prefix + layer
+        return self.arena[max(0, stop - self.h):stop]
+
+    def tail(self, count: int) -> list[Tensor]:
+        """Copies of the newest ``count`` states (the history a carried stream continues)."""
+        rows = self.arena[max(0, self.arena.shape[0] - count):].clone()
+        return [row.view(self.shape) for row in rows]
+
+    def release(self) -> None:
+        """Drop the tape's own reference to the arena: from here on only saved tensors hold it
+        (so an outer activation checkpoint can free it)."""
+        self.arena = self.storage = None
+
+    def pull(self, t: int, grad: Tensor) -> Tensor:
+        """ds_t (flat) from the engine's g_t plus the skip gradients of layers t+1..t+H."""
+        g = grad.reshape(-1)
+        if self.skip_grads:
+            if t == self.depth:
+                # Step L is the first node of every backward pass: start a fresh ring.
+                ring = g.new_zeros((self.h, self.numel))
+                self.ring_t, self.ring_rows = ring.t(), ring.unbind(0)
+                pull = _pull_matrix(self.coefficients.to(g.dtype), self.depth, self.h)
+                self.pull_rows = pull.unbind(0)
+            else:
+                g = torch.addmv(g, self.ring_t, self.pull_rows[t])
+            self.ring_rows[t % self.h].copy_(g)
+        if self.norms is not None:
+            self.norms[t] = norm_of(g)
+        return g
+
+
+_NO_GUARD = contextlib.nullcontext()
+
+
+def _guard(tape: _Tape) -> contextlib.AbstractContextManager:
+    """Keep the skip-path products in the states' dtype under autocast (CUDA's would lower
+    addmv/mv to half precision); a no-op context otherwise."""
+    return torch.autocast(tape.device_type, enabled=False) if tape.autocast else _NO_GUARD
+
+
+def _check_first_order() -> None:
+    # Backward runs with grad mode on only for create_graph=True.
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "double backward (create_graph=True) through MHCSequential's eager training path "
+            "is not supported; run the model under torch.compile for higher-order gradients"
+        )
+
+
+class _Entry(torch.autograd.Function):
+    """s_0 = x, copied into the arena; backward returns ds_0 including the skip paths."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, tape: _Tape) -> Tensor:
+        out = tape.state(0)
+        out.copy_(x)
+        ctx.tape = tape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        _check_first_order()
+        tape = ctx.tape
+        with _guard(tape):
+            return tape.pull(0, grad).view(tape.shape), None
+
+
+class _Step(torch.autograd.Function):
+    """s_l = y_l + row @ window_l, written into the arena row of s_l.
+
+    ``previous`` (s_{l-1}) is an input only to order the backward pass; its skip gradient
+    travels through the tape's ring, so its gradient here is None.
+    """
+
+    @staticmethod
+    def forward(ctx, y: Tensor, row: Tensor, previous: Tensor, tape: _Tape, layer: int
+                ) -> Tensor:
+        out = tape.state(layer)
+        window = tape.window(layer)
+        flat_y = y.reshape(-1)
+        if flat_y.dtype != out.dtype:
+            flat_y = flat_y.to(out.dtype)
+        with _guard(tape):
+            torch.addmv(flat_y, window.t(), row, out=out.view(-1))
+        ctx.save_for_backward(window)
+        ctx.tape, ctx.layer = tape, layer
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None, None, None]:
+        _check_first_order()
+        (window,) = ctx.saved_tensors
+        tape = ctx.tape
+        with _guard(tape):
+            ds = tape.pull(ctx.layer, grad)
+            drow = torch.mv(window, ds) if ctx.needs_input_grad[1] else None
+        return ds.view(tape.shape), drow, None, None, None
+
+
+def run_tape(blocks: Sequence[nn.Module], x: Tensor, coefficients: Tensor, *,
+             carried: Sequence[Tensor], skip_grads: bool, norms: list | None,
+             run_block: RunBlock, keep: int) -> tuple[Tensor, list[Tensor]]:
+    """Run the stack on the arena; returns s_L and copies of the newest ``keep`` states."""
+    depth, h = coefficients.shape
+    tape = _Tape(x, depth, h, carried, coefficients, skip_grads, norms)
+    rows = coefficients.to(x.dtype).unbind(0)
+    state = _Entry.apply(x, tape)
+    for layer, block in enumerate(blocks, 1):
+        y = run_block(layer, block, state)
+        row = rows[layer - 1]
+        k = min(h, layer + tape.prefix)
+        if k < h:
+            row = row[h - k:]
+        state = _Step.apply(y, row, state, tape, layer)
+    tail = tape.tail(keep) if keep else []
+    tape.release()
+    return state, tail
