@@ -21,8 +21,10 @@ class _Sparsemax(torch.autograd.Function):
     Masked entries arrive as -inf and leave as exact zeros with zero gradient.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, z: Tensor) -> Tensor:
+    def forward(z: Tensor) -> Tensor:
         # Shift-invariant: projecting z - max(z) keeps huge logits exact.
         z = z - z.amax(dim=-1, keepdim=True)
         z_sorted = torch.sort(z, dim=-1, descending=True).values
@@ -30,9 +32,11 @@ class _Sparsemax(torch.autograd.Function):
         cumsum = z_sorted.cumsum(dim=-1)
         support = (1.0 + k * z_sorted > cumsum).sum(dim=-1, keepdim=True)
         tau = (cumsum.gather(-1, support - 1) - 1.0) / support.to(z.dtype)
-        a = torch.clamp(z - tau, min=0.0)
-        ctx.save_for_backward(a)
-        return a
+        return torch.clamp(z - tau, min=0.0)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(output)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
