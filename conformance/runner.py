@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from conformance.backends import Backend
-from conformance.tolerances import RTOL, errors
+from conformance.tolerances import RTOL, errors, tolerance
 from mhc_spec.vectors import GoldenCase
 
 
@@ -26,12 +26,15 @@ def flatten_expected(expected: Mapping[str, Any], prefix: str = "") -> dict[str,
 
 
 def case_group(case: GoldenCase) -> str:
-    """Matrix row of a case: its mode/constraint, or the edge-case and initialisation sets."""
+    """Matrix row of a case: its mode/constraint (or the edge-case and initialisation sets)
+    and the dtype it runs in."""
     if case.name.startswith("edge_"):
-        return "edge cases"
-    if case.name.startswith("init_"):
-        return "initialisations"
-    return case.config.kind
+        family = "edge cases"
+    elif case.name.startswith("init_"):
+        family = "initialisations"
+    else:
+        family = case.config.kind
+    return f"{family} {case.dtype}"
 
 
 @dataclass
@@ -60,13 +63,13 @@ class Cell:
 def compare_case(case: GoldenCase, outputs: Mapping[str, np.ndarray]) -> list[Check]:
     """Every expected quantity of ``case`` against a backend's ``outputs``; a missing
     quantity fails."""
-    rtol = RTOL[case.dtype]
     checks = []
     for quantity, want in flatten_expected(case.expected).items():
         if quantity not in outputs:
             checks.append(Check(case.name, quantity, np.inf, np.inf, False))
             continue
         absolute, relative = errors(outputs[quantity], want)
+        rtol = tolerance(case.name, quantity, case.dtype)
         checks.append(Check(case.name, quantity, absolute, relative, relative <= rtol))
     return checks
 
@@ -120,7 +123,7 @@ def render_matrix(cells: list[Cell]) -> str:
 
     def text(cell: Cell) -> str:
         if cell.status == "not run":
-            return "not run"
+            return "-" if cell.reason == "no case selected" else "not run"
         mark = "PASS" if cell.status == "pass" else "FAIL"
         return f"{mark} {cell.worst_relative:.1e} ({cell.cases})"
 
@@ -131,8 +134,9 @@ def render_matrix(cells: list[Cell]) -> str:
     for group in groups:
         lines.append(group.ljust(width) + "".join(
             text(lookup[(group, b)]).ljust(col) for b in backends))
-    lines.append("cells: verdict, worst norm-wise relative error, cases; tolerances "
-                 + ", ".join(f"{k} {v:.0e}" for k, v in RTOL.items()))
+    rtols = ", ".join(f"{k} {v:.0e}" for k, v in RTOL.items())
+    lines.append("cells: verdict, worst norm-wise relative error, (cases); '-' = not in this "
+                 f"backend's subset; tolerances {rtols}")
     reasons = {c.backend: c.reason for c in cells
                if c.status == "not run" and c.reason != "no case selected"}
     lines.extend(f"{backend}: not run ({reason})" for backend, reason in reasons.items())

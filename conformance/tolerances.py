@@ -13,6 +13,16 @@ import numpy as np
 
 RTOL = {"float64": 1e-10, "float32": 1e-5}
 
+# Documented exceptions, (case, quantity) -> rtol. At tau = 1e-3 the softmax is saturated
+# (a_max = 1 - 3e-8) and its VJP a_i (g_i - <a, g>) cancels: any float64 evaluation of it,
+# the spec's included, carries a relative error of about eps / (1 - a_max) = 4e-9.
+RTOL_OVERRIDES = {("edge_softmax_tiny_tau", "gradients.theta"): 1e-7}
+
+
+def tolerance(case: str, quantity: str, dtype: str) -> float:
+    """The rtol a quantity of a case must meet."""
+    return RTOL_OVERRIDES.get((case, quantity), RTOL[dtype])
+
 
 def errors(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
     """(max absolute error, norm-wise relative error) of ``got`` against ``want``."""
