@@ -46,6 +46,9 @@ def load_portable(params: Mapping[str, np.ndarray], config: MHCConfig, theta: Te
                   gamma: Tensor | None, blocks: Sequence[nn.Module]) -> None:
     """Copy a portable dict into theta, gamma and the blocks (shapes and keys must match)."""
     new_theta, new_gamma, new_blocks = from_portable(params)
+    if len(new_blocks) != len(blocks):
+        raise KeyError(f"the portable dict holds {len(new_blocks)} blocks, this model has "
+                       f"{len(blocks)}")
     for key, ours, theirs in ((THETA, theta, new_theta), (GAMMA, gamma, new_gamma)):
         if (ours is None) != (theirs is None):
             state = "has" if theirs is not None else "lacks"
@@ -53,9 +56,6 @@ def load_portable(params: Mapping[str, np.ndarray], config: MHCConfig, theta: Te
                            f"{'does not use' if ours is None else 'needs'} it")
         if ours is not None:
             _copy_into(key, ours, theirs)
-    if len(new_blocks) != len(blocks):
-        raise KeyError(f"the portable dict holds {len(new_blocks)} blocks, this model has "
-                       f"{len(blocks)}")
     for index, (block, arrays) in enumerate(zip(blocks, new_blocks, strict=True)):
         state = block.state_dict()
         if set(arrays) != set(state):

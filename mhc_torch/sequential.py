@@ -159,6 +159,12 @@ class MHCSequential(nn.Module):
 
     # ---- history ----------------------------------------------------------------------
 
+    @property
+    def history(self) -> HistoryBuffer:
+        """The carried window (``carry_history=True``): the newest H-1 states of the last call,
+        detached copies; empty otherwise."""
+        return self._history
+
     def reset_history(self) -> None:
         """Forget the carried history (``carry_history=True``); the next call starts from x."""
         self._history.reset()
@@ -253,7 +259,8 @@ class MHCSequential(nn.Module):
         states = [*carried, self._hooked(x, norms, 0)]
         state = states[-1]
         for layer, block in enumerate(self.layers, 1):
-            state = self._hooked(self._run_block(layer, block, state) + state, norms, layer)
+            skip = state.detach() if self.detach_history else state
+            state = self._hooked(self._run_block(layer, block, state) + skip, norms, layer)
             if keep:
                 states = [*states[-keep:], state]
         return state, [s.detach() for s in states[-keep:]] if keep else []
