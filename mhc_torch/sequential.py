@@ -192,7 +192,10 @@ class MHCSequential(nn.Module):
 
     def capture_highway(self) -> None:
         """Arm a one-shot capture: the next forward records ||dLoss/ds_l||_2, l = 0..L, during
-        its backward (read it with :meth:`pop_highway`); otherwise nothing is recorded."""
+        its backward (read it with :meth:`pop_highway`); otherwise nothing is recorded.
+
+        Eager only: a forward traced by ``torch.compile`` records nothing (backward hooks
+        would break the graph), and :meth:`pop_highway` then returns None."""
         self._highway.arm()
 
     def pop_highway(self) -> Tensor | None:
@@ -224,14 +227,14 @@ class MHCSequential(nn.Module):
             raise TypeError("MHCSequential expects a floating-point tensor input, got "
                             f"{getattr(x, 'dtype', type(x).__name__)}")
         carried = self._carried_states(x)
-        norms = self._highway.start(self.depth)
+        compiling = torch.compiler.is_compiling()
+        norms = None if compiling else self._highway.start(self.depth)
         keep = self.config.max_history - 1 if self.carry_history else 0
         if norms is not None and not x.requires_grad:
             # ||dLoss/ds_0|| needs a gradient at s_0: give s_0 one (logging steps only).
             x = x.detach().requires_grad_()
         plain_residual = self.config.mode == "residual" and not self.config.gating
-        eager_training = (torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                          and not _functorch_active())
+        eager_training = torch.is_grad_enabled() and not compiling and not _functorch_active()
         if plain_residual:
             out, tail = self._forward_residual(x, carried, norms, keep)
         elif eager_training:
