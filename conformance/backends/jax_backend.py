@@ -37,18 +37,18 @@ def build_model(case: GoldenCase, scan: bool, dtype):
         model = MHCSequential.scanned(make_block, case.depth, rngs=nnx.Rngs(0),
                                       config=case.config, param_dtype=dtype)
         linear = linear_of(model.blocks)
-        linear.kernel.value = jnp.asarray(kernels, dtype)
-        linear.bias.value = jnp.asarray(i["bias"], dtype)
+        linear.kernel[...] = jnp.asarray(kernels, dtype)
+        linear.bias[...] = jnp.asarray(i["bias"], dtype)
     else:
         model = MHCSequential([make_block(nnx.Rngs(n)) for n in range(case.depth)],
                               config=case.config, param_dtype=dtype)
         for layer, block in enumerate(model.blocks):
-            linear_of(block).kernel.value = jnp.asarray(kernels[layer], dtype)
-            linear_of(block).bias.value = jnp.asarray(i["bias"][layer], dtype)
+            linear_of(block).kernel[...] = jnp.asarray(kernels[layer], dtype)
+            linear_of(block).bias[...] = jnp.asarray(i["bias"][layer], dtype)
     if i["theta"] is not None:
-        model.mixing.theta.value = jnp.asarray(i["theta"], dtype)
+        model.mixing.theta[...] = jnp.asarray(i["theta"], dtype)
     if i["gamma"] is not None:
-        model.mixing.gamma.value = jnp.asarray(i["gamma"], dtype)
+        model.mixing.gamma[...] = jnp.asarray(i["gamma"], dtype)
     return model, linear_of
 
 
@@ -101,10 +101,10 @@ class JaxBackend(Backend):
         profile = highway_profile(list(state_grads))
         if self.build == "scan":
             linear = linear_of(grads.blocks)
-            dkernel, dbias = host(linear.kernel.value), host(linear.bias.value)
+            dkernel, dbias = host(linear.kernel[...]), host(linear.bias[...])
         else:
-            dkernel = np.stack([host(linear_of(b).kernel.value) for b in grads.blocks])
-            dbias = np.stack([host(linear_of(b).bias.value) for b in grads.blocks])
+            dkernel = np.stack([host(linear_of(b).kernel[...]) for b in grads.blocks])
+            dbias = np.stack([host(linear_of(b).bias[...]) for b in grads.blocks])
         outputs = {
             "weights": weights,
             "gates": gates,
@@ -122,7 +122,7 @@ class JaxBackend(Backend):
             "gradients.states": state_grads,
         }
         if grads.mixing.theta is not None:
-            outputs["gradients.theta"] = host(grads.mixing.theta.value)
+            outputs["gradients.theta"] = host(grads.mixing.theta[...])
         if grads.mixing.gamma is not None:
-            outputs["gradients.gamma"] = host(grads.mixing.gamma.value)
+            outputs["gradients.gamma"] = host(grads.mixing.gamma[...])
         return outputs
