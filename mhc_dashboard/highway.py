@@ -39,7 +39,7 @@ def highway_plot(profile: np.ndarray, title: str = "history highway") -> Figure:
     p = _as_profile(profile)
     # Fixed margins rather than a layout engine, which triples the render time.
     fig = Figure(figsize=(5.0, 3.4), dpi=100)
-    ax = fig.add_axes((0.16, 0.16, 0.8, 0.68))
+    ax = fig.add_axes((0.2, 0.16, 0.76, 0.68))
     draw_highway(ax, p)
     ax.set_title(f"{title}\nattenuation first/last = {attenuation(p):.3g}")
     return fig
