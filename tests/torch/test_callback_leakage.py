@@ -11,6 +11,8 @@ from mhc_torch.callback import MHCLightningCallback
 from tests.torch.scripts.mhc_testing import make_batches
 
 STAGES = ("fit", "validate", "test", "predict")
+# logger=False keeps these runs to the resets; the callback says the dashboard is off.
+pytestmark = pytest.mark.filterwarnings("ignore:MHCLightningCallback. the trainer has no logger")
 
 
 class CarryingModule(L.LightningModule):
@@ -41,6 +43,7 @@ class CarryingModule(L.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         self._run(batch)
+        return self.outputs[-1]
 
     def configure_optimizers(self):
         # lr = 0: the parameters stay put, so only carried history could change an output.
