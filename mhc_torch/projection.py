@@ -8,6 +8,9 @@ computation per forward, in the parameters' dtype (float32 under autocast).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 from torch import Tensor
 
@@ -18,7 +21,9 @@ class _Sparsemax(torch.autograd.Function):
     """a = max(z - tau(z), 0) on the last axis, with the closed-form backward
     dz = s * (g - <s, g> / |s|), s = [a > 0] (:func:`mhc_spec.projections.sparsemax_vjp`).
 
-    Masked entries arrive as -inf and leave as exact zeros with zero gradient.
+    tau = max_k (sum_{i<=k} z_(i) - 1) / k over the sorted z: the spec's threshold (the
+    partial means rise up to the support size and fall after it). Masked entries arrive
+    as -inf and leave as exact zeros with zero gradient.
     """
 
     generate_vmap_rule = True
@@ -27,11 +32,9 @@ class _Sparsemax(torch.autograd.Function):
     def forward(z: Tensor) -> Tensor:
         # Shift-invariant: projecting z - max(z) keeps huge logits exact.
         z = z - z.amax(dim=-1, keepdim=True)
-        z_sorted = torch.sort(z, dim=-1, descending=True).values
+        cumsum = torch.sort(z, dim=-1, descending=True).values.cumsum(dim=-1)
         k = torch.arange(1, z.shape[-1] + 1, dtype=z.dtype, device=z.device)
-        cumsum = z_sorted.cumsum(dim=-1)
-        support = (1.0 + k * z_sorted > cumsum).sum(dim=-1, keepdim=True)
-        tau = (cumsum.gather(-1, support - 1) - 1.0) / support.to(z.dtype)
+        tau = ((cumsum - 1.0) / k).amax(dim=-1, keepdim=True)
         return torch.clamp(z - tau, min=0.0)
 
     @staticmethod
@@ -41,9 +44,10 @@ class _Sparsemax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (a,) = ctx.saved_tensors
-        support = (a > 0).to(grad.dtype)
-        mean = (support * grad).sum(dim=-1, keepdim=True) / support.sum(dim=-1, keepdim=True)
-        return support * (grad - mean)
+        support = a > 0
+        on_support = torch.where(support, grad, 0.0)
+        mean = on_support.sum(dim=-1, keepdim=True) / support.sum(dim=-1, keepdim=True)
+        return torch.where(support, grad - mean, 0.0)
 
 
 def sparsemax(z: Tensor) -> Tensor:
@@ -51,14 +55,21 @@ def sparsemax(z: Tensor) -> Tensor:
     return _Sparsemax.apply(z)
 
 
+@functools.lru_cache(maxsize=64)
 def window_mask(depth: int, max_history: int, carried: int, device: torch.device) -> Tensor:
     """Bool (L, H): column j of layer l is available iff j >= H - K_l, K_l = min(H, l + carried).
 
     ``carried`` counts the states a continued history holds before s_0 (0 without one).
+    Cached: the same read-only tensor for the same arguments.
     """
     columns = torch.arange(max_history, device=device)
     available = (torch.arange(1, depth + 1, device=device) + carried).clamp(max=max_history)
     return columns >= (max_history - available).unsqueeze(-1)
+
+
+def _newest(h: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """e_{H-1}: all weight on the newest state (column H-1 is always available)."""
+    return (torch.arange(h, device=device) == h - 1).to(dtype)
 
 
 def padded_weights(config: MHCConfig, theta: Tensor | None, mask: Tensor, dtype: torch.dtype
@@ -69,27 +80,20 @@ def padded_weights(config: MHCConfig, theta: Tensor | None, mask: Tensor, dtype:
     eps * e_{K-1} + (1 - eps) * sparsemax(z/tau); masked entries exactly 0.
     """
     h = config.max_history
-    newest = torch.arange(h, device=mask.device) == h - 1
     if config.mode == "residual":
-        return newest.to(dtype).expand(mask.shape)
+        return _newest(h, dtype, mask.device).expand(mask.shape)
+    blocked = ~mask
     if config.mode == "hc":
-        return torch.where(mask, theta, torch.zeros((), dtype=theta.dtype, device=theta.device))
-    scaled = torch.where(mask, theta / config.temperature,
-                         torch.full((), float("-inf"), dtype=theta.dtype, device=theta.device))
+        return theta.masked_fill(blocked, 0.0)
+    scaled = theta if config.temperature == 1.0 else theta / config.temperature
+    scaled = scaled.masked_fill(blocked, float("-inf"))
     if config.constraint == "softmax":
         return torch.softmax(scaled, dim=-1)
     a = sparsemax(scaled)
     if config.constraint == "identity":
-        a = config.epsilon * newest.to(a.dtype) + (1.0 - config.epsilon) * a
+        a = torch.add(config.epsilon * _newest(h, a.dtype, a.device), a,
+                      alpha=1.0 - config.epsilon)
     return a
-
-
-def gate_values(gamma: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype,
-                device: torch.device) -> Tensor:
-    """g = sigmoid(gamma) with gating, else ones of ``shape``."""
-    if gamma is None:
-        return torch.ones(shape, dtype=dtype, device=device)
-    return torch.sigmoid(gamma)
 
 
 def mixing_coefficients(config: MHCConfig, theta: Tensor | None, gamma: Tensor | None,
@@ -98,8 +102,14 @@ def mixing_coefficients(config: MHCConfig, theta: Tensor | None, gamma: Tensor |
 
     Computed with autocast disabled, so the coefficients keep the parameters' precision.
     """
-    with torch.autocast(mask.device.type, enabled=False):
+    with _autocast_off(mask.device.type):
         weights = padded_weights(config, theta, mask, dtype)
         if gamma is None:
             return weights
         return weights * torch.sigmoid(gamma).unsqueeze(-1)
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()

@@ -19,12 +19,15 @@ and pulls the skip gradients instead of pushing them through the autograd engine
     dC[l-1, H-K:] = arena[l-K:l] @ ds_l                           (one ``mv``)
 
 where g_t is what the autograd engine delivers to s_t (the gradient through block t+1, or
-dLoss/ds_L). This is first-order only: double backward raises.
+dLoss/ds_L). The rows of dC are written into one (L, H) tensor that the entry node (s_0 = x,
+the last node of the pass) returns as the gradient of C: a step node has only two tensor
+inputs, y_l and s_{l-1}. This is first-order only: double backward raises.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -35,30 +38,40 @@ from mhc_torch.highway import norm_of
 RunBlock = Callable[[int, nn.Module, Tensor], Tensor]
 
 
-def _pull_matrix(coefficients: Tensor, depth: int, h: int) -> Tensor:
-    """P (L+1, H): P[t, l % H] = C[l-1, t-l+H] for l in [t+1, min(t+H, L)], else 0."""
-    device = coefficients.device
+@functools.lru_cache(maxsize=64)
+def _pull_index(depth: int, h: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """For P[t, r] (t = 0..L, r = 0..H-1): the flat index into C of the coefficient of s_t in
+    the layer l in [t+1, t+H] with l = r (mod H), and whether that layer exists (l <= L)."""
     t = torch.arange(depth + 1, device=device).unsqueeze(-1)
     r = torch.arange(h, device=device)
     layer = t + 1 + torch.remainder(r - t - 1, h)
     index = ((layer - 1) * h + t - layer + h).clamp(max=depth * h - 1)
-    values = coefficients.reshape(-1)[index]
-    return torch.where(layer <= depth, values, torch.zeros((), dtype=values.dtype, device=device))
+    return index, layer <= depth
+
+
+def _pull_matrix(coefficients: Tensor) -> Tensor:
+    """P (L+1, H): P[t, l % H] = C[l-1, t-l+H] for l in [t+1, min(t+H, L)], else 0."""
+    depth, h = coefficients.shape
+    index, valid = _pull_index(depth, h, coefficients.device)
+    return coefficients.reshape(-1)[index] * valid
 
 
 class _Tape:
-    """What the steps of one forward share: the arena while it is filled (forward only) and
-    the gradient ring with the pull coefficients (backward only)."""
+    """What the nodes of one forward share: the arena while it is filled (forward only), the
+    coefficient rows, and the gradient ring and dC (backward only)."""
 
-    def __init__(self, x: Tensor, depth: int, h: int, carried: Sequence[Tensor],
-                 coefficients: Tensor, skip_grads: bool, norms: list | None) -> None:
-        self.depth, self.h, self.prefix = depth, h, len(carried)
+    def __init__(self, x: Tensor, coefficients: Tensor, carried: Sequence[Tensor],
+                 skip_grads: bool, norms: list | None) -> None:
+        self.depth, self.h = coefficients.shape
+        self.prefix = len(carried)
         self.shape, self.numel = x.shape, x.numel()
-        self.arena: Tensor | None = x.new_empty((self.prefix + depth + 1, self.numel))
+        self.arena: Tensor | None = x.new_empty((self.prefix + self.depth + 1, self.numel))
         self.storage = self.arena.untyped_storage()
         for index, state in enumerate(carried):
             self.arena[index].copy_(state.reshape(-1))
-        self.coefficients = coefficients.detach()
+        self.coefficients = coefficients.detach().to(x.dtype)
+        self.rows = self.coefficients.unbind(0)
+        self.coefficient_grads = coefficients.requires_grad
         self.skip_grads = skip_grads
         self.norms = norms
         self.device_type = x.device.type
@@ -66,16 +79,13 @@ class _Tape:
         self.ring_t: Tensor | None = None
         self.ring_rows: tuple[Tensor, ...] = ()
         self.pull_rows: tuple[Tensor, ...] = ()
+        self.grad_coefficients: Tensor | None = None
+        self.grad_rows: tuple[Tensor, ...] = ()
 
     def state(self, t: int) -> Tensor:
         """s_t: a tensor of its own (own version counter) aliasing the arena row of s_t."""
         alias = self.arena.new_empty(0)
         return alias.set_(self.storage, (self.prefix + t) * self.numel, self.shape)
-
-    def window(self, layer: int) -> Tensor:
-        """The (K, N) rows of s_{l-K}..s_{l-1}, K = min(H, l + carried)."""
-        stop = self.prefix + layer
-        return self.arena[max(0, stop - self.h):stop]
 
     def tail(self, count: int) -> list[Tensor]:
         """Copies of the newest ``count`` states (the history a carried stream continues)."""
@@ -87,17 +97,21 @@ class _Tape:
         (so an outer activation checkpoint can free it)."""
         self.arena = self.storage = None
 
+    def start_backward(self, g: Tensor) -> None:
+        """Step L is the first node of every backward pass: fresh ring and dC."""
+        if self.skip_grads:
+            ring = g.new_zeros((self.h, self.numel))
+            self.ring_t, self.ring_rows = ring.t(), ring.unbind(0)
+            self.pull_rows = _pull_matrix(self.coefficients).unbind(0)
+        if self.coefficient_grads:
+            self.grad_coefficients = g.new_zeros((self.depth, self.h))
+            self.grad_rows = self.grad_coefficients.unbind(0)
+
     def pull(self, t: int, grad: Tensor) -> Tensor:
         """ds_t (flat) from the engine's g_t plus the skip gradients of layers t+1..t+H."""
         g = grad.reshape(-1)
         if self.skip_grads:
-            if t == self.depth:
-                # Step L is the first node of every backward pass: start a fresh ring.
-                ring = g.new_zeros((self.h, self.numel))
-                self.ring_t, self.ring_rows = ring.t(), ring.unbind(0)
-                pull = _pull_matrix(self.coefficients.to(g.dtype), self.depth, self.h)
-                self.pull_rows = pull.unbind(0)
-            else:
+            if t < self.depth:
                 g = torch.addmv(g, self.ring_t, self.pull_rows[t])
             self.ring_rows[t % self.h].copy_(g)
         if self.norms is not None:
@@ -114,45 +128,50 @@ def _guard(tape: _Tape) -> contextlib.AbstractContextManager:
     return torch.autocast(tape.device_type, enabled=False) if tape.autocast else _NO_GUARD
 
 
-def _check_first_order() -> None:
-    # Backward runs with grad mode on only for create_graph=True.
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "double backward (create_graph=True) through MHCSequential's eager training path "
-            "is not supported; run the model under torch.compile for higher-order gradients"
-        )
+def _refuse_double_backward() -> None:
+    raise RuntimeError(
+        "double backward (create_graph=True) through MHCSequential's eager training path is "
+        "not supported; run the model under torch.compile for higher-order gradients"
+    )
 
 
 class _Entry(torch.autograd.Function):
-    """s_0 = x, copied into the arena; backward returns ds_0 including the skip paths."""
+    """s_0 = x, copied into the arena. Backward (the pass's last node) returns ds_0, skip
+    paths included, and dC assembled by the steps."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, tape: _Tape) -> Tensor:
+    def forward(ctx, x: Tensor, coefficients: Tensor, tape: _Tape) -> Tensor:
         out = tape.state(0)
         out.copy_(x)
         ctx.tape = tape
         return out
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        _check_first_order()
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        if torch.is_grad_enabled():
+            _refuse_double_backward()
         tape = ctx.tape
         with _guard(tape):
-            return tape.pull(0, grad).view(tape.shape), None
+            ds = tape.pull(0, grad).view(tape.shape) if ctx.needs_input_grad[0] else None
+        return ds, tape.grad_coefficients, None
 
 
 class _Step(torch.autograd.Function):
-    """s_l = y_l + row @ window_l, written into the arena row of s_l.
+    """s_l = y_l + C[l-1] @ window_l, written into the arena row of s_l.
 
     ``previous`` (s_{l-1}) is an input only to order the backward pass; its skip gradient
     travels through the tape's ring, so its gradient here is None.
     """
 
     @staticmethod
-    def forward(ctx, y: Tensor, row: Tensor, previous: Tensor, tape: _Tape, layer: int
-                ) -> Tensor:
+    def forward(ctx, y: Tensor, previous: Tensor, tape: _Tape, layer: int) -> Tensor:
         out = tape.state(layer)
-        window = tape.window(layer)
+        stop = tape.prefix + layer
+        start = max(0, stop - tape.h)
+        window = tape.arena[start:stop]
+        row = tape.rows[layer - 1]
+        if stop - start < tape.h:
+            row = row[tape.h - stop + start:]
         flat_y = y.reshape(-1)
         if flat_y.dtype != out.dtype:
             flat_y = flat_y.to(out.dtype)
@@ -163,31 +182,30 @@ class _Step(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None, None, None]:
-        _check_first_order()
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        if torch.is_grad_enabled():
+            _refuse_double_backward()
         (window,) = ctx.saved_tensors
-        tape = ctx.tape
+        tape, layer = ctx.tape, ctx.layer
         with _guard(tape):
-            ds = tape.pull(ctx.layer, grad)
-            drow = torch.mv(window, ds) if ctx.needs_input_grad[1] else None
-        return ds.view(tape.shape), drow, None, None, None
+            if layer == tape.depth:
+                tape.start_backward(grad)
+            ds = tape.pull(layer, grad)
+            if tape.grad_coefficients is not None:
+                k = window.shape[0]
+                dc = tape.grad_rows[layer - 1]
+                torch.mv(window, ds, out=dc if k == tape.h else dc[tape.h - k:])
+        return ds.view(tape.shape), None, None, None
 
 
 def run_tape(blocks: Sequence[nn.Module], x: Tensor, coefficients: Tensor, *,
              carried: Sequence[Tensor], skip_grads: bool, norms: list | None,
              run_block: RunBlock, keep: int) -> tuple[Tensor, list[Tensor]]:
     """Run the stack on the arena; returns s_L and copies of the newest ``keep`` states."""
-    depth, h = coefficients.shape
-    tape = _Tape(x, depth, h, carried, coefficients, skip_grads, norms)
-    rows = coefficients.to(x.dtype).unbind(0)
-    state = _Entry.apply(x, tape)
+    tape = _Tape(x, coefficients, carried, skip_grads, norms)
+    state = _Entry.apply(x, coefficients, tape)
     for layer, block in enumerate(blocks, 1):
-        y = run_block(layer, block, state)
-        row = rows[layer - 1]
-        k = min(h, layer + tape.prefix)
-        if k < h:
-            row = row[h - k:]
-        state = _Step.apply(y, row, state, tape, layer)
+        state = _Step.apply(run_block(layer, block, state), state, tape, layer)
     tail = tape.tail(keep) if keep else []
     tape.release()
     return state, tail
