@@ -188,8 +188,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per mode (default 3)")
     parser.add_argument("--depth", type=int, default=50, help="layers in the stack (default 50)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    parser.add_argument("--log-every", type=int, default=5,
-                        help="dashboard period in optimizer steps (default 5)")
+    parser.add_argument("--log-every", type=int, default=8,
+                        help="dashboard period in optimizer steps (default 8)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
                         help="modes to train (default: mhc hc residual)")
     parser.add_argument("--out", default="runs", help="parent folder of the run (default runs)")
