@@ -227,14 +227,15 @@ class MHCLightningCallback(Callback):
             for reading in rank_readings:
                 self._emit(trainer, rank, reading, step)
 
+    @torch.no_grad()
     def _read(self, name: str, module: MHCSequential,
               profile: torch.Tensor | None) -> _Reading:
         config = module.config
         grad_norm = None
         if self.log_gradients and module.theta is not None and module.theta.grad is not None:
-            grad_norm = float(torch.linalg.vector_norm(module.theta.grad.detach().double()))
+            grad_norm = float(torch.linalg.vector_norm(module.theta.grad.double()))
         return _Reading(
-            name=name or "root",
+            name=name,
             kind=config.kind,
             mode=config.mode,
             gating=config.gating,

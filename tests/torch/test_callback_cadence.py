@@ -2,6 +2,7 @@
 beyond the resets, once per optimizer step under gradient accumulation, per the flags."""
 
 import lightning as L
+import numpy as np
 import pytest
 from torch import nn
 
@@ -187,3 +188,13 @@ def test_warns_when_there_is_nothing_to_do(tmp_path):
     with pytest.warns(UserWarning, match="has no logger"):
         _trainer(False, MHCLightningCallback(), epochs=1).fit(
             SpecRecordingModule(), make_batches(1))
+
+
+def test_long_runs_keep_an_evenly_thinned_bounded_history():
+    history = callback_module._WeightHistory("mhc/simplex", "mhc")
+    cap = callback_module.MAX_HISTORY_STEPS
+    for step in range(cap + 1):
+        history.append(step * 10, np.full((2, 3), float(step)))
+    assert len(history.steps) == cap // 2 + 1
+    assert history.steps == [10 * s for s in range(0, cap + 1, 2)]
+    assert [w[0, 0] for w in history.weights] == [float(s) for s in range(0, cap + 1, 2)]
