@@ -76,7 +76,8 @@ class MHCLightningCallback(Callback):
     Values are read in ``on_before_optimizer_step`` (after backward, before the update, so
     the weights are the ones the step's forward used) and logged at ``step = global_step``.
     Other steps only reset history: no hooks, no statistics, no device-to-host copies.
-    With gradient accumulation the highway is read from the step's first micro-batch.
+    With gradient accumulation the highway is read from the step's first micro-batch; with
+    manual optimization a step is read only if an optimizer steps.
 
     **Where it goes.** Scalars go to every logger of the trainer via ``log_metrics``.
     Pictures go to each logger in its own way: TensorBoard ``add_image``, W&B
@@ -115,7 +116,8 @@ class MHCLightningCallback(Callback):
     logging step, log_mixing_weights), ``P/M/highway`` (line plot of the highway profile,
     each logging step, log_gradients) and ``P/M/weights_over_steps/layer_l`` (one heatmap
     per layer of its weights over all logged steps so far, at the end of each training
-    epoch, log_mixing_weights).
+    epoch, log_mixing_weights; beyond MAX_HISTORY_STEPS logged steps every second one is
+    dropped).
 
     Args:
         log_mixing_weights: log the weights, gates, skip gain, amplification and heatmaps.
