@@ -79,6 +79,7 @@ class _Tape:
         self.ring_t: Tensor | None = None
         self.ring_rows: tuple[Tensor, ...] = ()
         self.pull_rows: tuple[Tensor, ...] = ()
+        self.version = 0  # version counter of the newest state when it was written
         self.grad_coefficients: Tensor | None = None
         self.grad_rows: tuple[Tensor, ...] = ()
 
@@ -128,6 +129,15 @@ def _guard(tape: _Tape) -> contextlib.AbstractContextManager:
     return torch.autocast(tape.device_type, enabled=False) if tape.autocast else _NO_GUARD
 
 
+def _refuse_in_place(layer: int) -> None:
+    # The window reads the arena row; the skip gradients would bypass the in-place op.
+    raise RuntimeError(
+        f"layers[{layer - 1}] modified its input in place (e.g. nn.ReLU(inplace=True) as its "
+        "first operation); MHCSequential's skip paths read that state again, so blocks must "
+        "leave their input unchanged: use the out-of-place operation"
+    )
+
+
 def _refuse_double_backward() -> None:
     raise RuntimeError(
         "double backward (create_graph=True) through MHCSequential's eager training path is "
@@ -143,6 +153,7 @@ class _Entry(torch.autograd.Function):
     def forward(ctx, x: Tensor, coefficients: Tensor, tape: _Tape) -> Tensor:
         out = tape.state(0)
         out.copy_(x)
+        tape.version = out._version
         ctx.tape = tape
         return out
 
@@ -165,6 +176,8 @@ class _Step(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y: Tensor, previous: Tensor, tape: _Tape, layer: int) -> Tensor:
+        if previous._version != tape.version:
+            _refuse_in_place(layer)
         out = tape.state(layer)
         stop = tape.prefix + layer
         start = max(0, stop - tape.h)
@@ -179,6 +192,7 @@ class _Step(torch.autograd.Function):
             torch.addmv(flat_y, window.t(), row, out=out.view(-1))
         ctx.save_for_backward(window)
         ctx.tape, ctx.layer = tape, layer
+        tape.version = out._version
         return out
 
     @staticmethod

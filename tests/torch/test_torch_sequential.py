@@ -381,3 +381,52 @@ def test_reset_history_over_a_model() -> None:
     assert reset_history(net) == 5
     assert len(net.a.history) == 0 and len(net.b[0].history) == 0
     assert len(net.buffer) == 0 and len(net.buffers[1]) == 0
+
+
+def test_block_modifying_its_input_in_place_is_refused() -> None:
+    """The skip paths read the state again: an in-place change would corrupt their gradient."""
+    model = MHCSequential([nn.Sequential(nn.ReLU(inplace=True), nn.Linear(4, 4))
+                           for _ in range(3)])
+    with pytest.raises(RuntimeError, match=r"layers\[0\] modified its input in place"):
+        model(torch.randn(2, 4))
+    after_input = MHCSequential([nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True))
+                                 for _ in range(3)])
+    after_input(torch.randn(2, 4)).sum().backward()
+
+
+def saved_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the unique non-parameter storages autograd saves during model(x)."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(x)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(n for pointer, n in storages.items() if pointer not in params)
+
+
+class PlainResidual(nn.Module):
+    def __init__(self, blocks):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x) + x
+        return x
+
+
+@pytest.mark.parametrize(("mode", "constraint", "h"), [("mhc", "simplex", 4), ("hc", "simplex", 8),
+                                                       ("mhc", "softmax", 2)])
+def test_saved_for_backward_memory_is_that_of_a_residual_stack(mode, constraint, h) -> None:
+    """The window is never copied: the states the blocks save are all the mixing needs."""
+    x = torch.randn(16, 32)
+    residual = saved_activation_bytes(PlainResidual(linears(50, 32)), x)
+    ours = saved_activation_bytes(
+        MHCSequential(linears(50, 32), max_history=h, mode=mode, constraint=constraint,
+                      gating=True), x)
+    assert ours <= 1.05 * residual  # the extra: s_L's arena row and the (L, H) coefficients
