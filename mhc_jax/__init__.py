@@ -1,0 +1,24 @@
+"""mhc_jax: the Flax NNX twin of mhc_torch, checked against the NumPy spec ``mhc_spec``.
+
+- :class:`MHCSequential`: a stack with history-mixing skip connections, built from a list of
+  modules (Python loop) or from a block constructor and a depth (stacked, ``nnx.scan``).
+- :class:`MHCSkip`: one layer's mixing for hand-written loops; :class:`History`: the window.
+- :mod:`mhc_jax.statistics` and :mod:`mhc_jax.tensorboard`: the dashboard's numbers and
+  pictures; :mod:`mhc_jax.parallel`: data-parallel train steps (pmap, shard_map);
+  :mod:`mhc_jax.portable`: parameter exchange with PyTorch.
+"""
+
+from mhc_jax.history import History
+from mhc_jax.mixing import MHCMixing, MHCSkip
+from mhc_jax.portable import export_portable, load_portable
+from mhc_jax.sequential import MHCSequential, StackOutput
+
+__all__ = [
+    "History",
+    "MHCMixing",
+    "MHCSequential",
+    "MHCSkip",
+    "StackOutput",
+    "export_portable",
+    "load_portable",
+]
