@@ -16,8 +16,11 @@ def test_defaults_are_the_guides():
     assert callback.prefix == "mhc"
 
 
-def test_the_guides_import_path_gives_the_same_class():
-    assert GuideImport is MHCLightningCallback
+def test_both_documented_import_paths_give_the_class():
+    import mhc_torch
+
+    assert GuideImport is MHCLightningCallback  # the guide's: mhc_torch.utils
+    assert mhc_torch.MHCLightningCallback is MHCLightningCallback
 
 
 BAD = [
