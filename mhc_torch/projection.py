@@ -102,14 +102,15 @@ def mixing_coefficients(config: MHCConfig, theta: Tensor | None, gamma: Tensor |
 
     Computed with autocast disabled, so the coefficients keep the parameters' precision.
     """
-    with _autocast_off(mask.device.type):
+    with autocast_disabled(mask.device.type):
         weights = padded_weights(config, theta, mask, dtype)
         if gamma is None:
             return weights
         return weights * torch.sigmoid(gamma).unsqueeze(-1)
 
 
-def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
+    """A context without autocast on ``device_type`` (a no-op context when it is off)."""
     if torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()

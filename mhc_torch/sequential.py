@@ -16,7 +16,12 @@ from mhc_torch.highway import HighwayRecorder, norm_hook
 from mhc_torch.history import HistoryBuffer
 from mhc_torch.mixing import mix_into
 from mhc_torch.portable import export_portable, load_portable
-from mhc_torch.projection import mixing_coefficients, padded_weights, window_mask
+from mhc_torch.projection import (
+    autocast_disabled,
+    mixing_coefficients,
+    padded_weights,
+    window_mask,
+)
 from mhc_torch.tape import run_tape
 
 
@@ -142,7 +147,7 @@ class MHCSequential(nn.Module):
         """
         device, dtype = self._param_device_dtype()
         mask = window_mask(self.depth, self.config.max_history, carried, device)
-        with torch.autocast(device.type, enabled=False):
+        with autocast_disabled(device.type):
             return padded_weights(self.config, self.theta, mask, dtype)
 
     def gates(self) -> Tensor:
