@@ -59,21 +59,32 @@ def _mean_floats(tree: Any, axis_name: str) -> Any:
 
 
 def _local_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn,
-                axis_name: str) -> Callable[[TrainState, Any], tuple[TrainState, jax.Array]]:
-    """One replica's step: grads of its shard's mean loss, pmean over ``axis_name``, update."""
+                axis_name: str, typed_axes: bool
+                ) -> Callable[[TrainState, Any], tuple[TrainState, jax.Array]]:
+    """One device's step: the gradient of the mean loss over all shards, then the update.
+
+    Under pmap the gradient of the shard's loss is averaged with ``pmean``. Under
+    shard_map (``typed_axes``, varying-axis checking on) the parameters are typed as
+    replicated, so differentiating the ``pmean`` of the shard losses already sums the
+    shards' gradients in the transpose; a second ``pmean`` would be a no-op on a replicated
+    value, and taking the shard's loss alone would give n times the mean gradient.
+    """
 
     def step(state: TrainState, batch: Any) -> tuple[TrainState, jax.Array]:
         def loss(params):
             model = nnx.merge(graphdef, params, state.rest)
             value = loss_fn(model, batch)
+            if typed_axes:
+                value = jax.lax.pmean(value, axis_name)
             return value, nnx.state(model, nnx.Not(nnx.Param))
 
         (value, rest), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-        grads = jax.lax.pmean(grads, axis_name)
+        if not typed_axes:
+            grads = jax.lax.pmean(grads, axis_name)
+            value = jax.lax.pmean(value, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new_state = TrainState(params, _mean_floats(rest, axis_name), opt_state)
-        return new_state, jax.lax.pmean(value, axis_name)
+        return TrainState(params, _mean_floats(rest, axis_name), opt_state), value
 
     return step
 
@@ -84,8 +95,10 @@ def make_pmap_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformatio
                          ) -> Callable[[TrainState, Any], tuple[TrainState, jax.Array]]:
     """``step(state, batch) -> (state, loss)`` under ``jax.pmap``: ``state`` replicated with
     a leading device axis (:func:`replicate`), ``batch`` shaped (devices, per-device, ...)
-    (:func:`split_batch`); loss comes back per device (all equal)."""
-    return jax.pmap(_local_step(graphdef, tx, loss_fn, axis_name), axis_name=axis_name,
+    (:func:`split_batch`); loss comes back per device (all equal). The input state is
+    donated: use the returned one."""
+    return jax.pmap(_local_step(graphdef, tx, loss_fn, axis_name, typed_axes=False),
+                    axis_name=axis_name,
                     devices=devices, donate_argnums=0)
 
 
@@ -94,8 +107,10 @@ def make_sharded_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransforma
                             ) -> Callable[[TrainState, Any], tuple[TrainState, jax.Array]]:
     """``step(state, batch) -> (state, loss)``: ``jax.jit`` of ``jax.shard_map`` over
     ``mesh``; ``state`` replicated (:func:`replicated`), ``batch`` the global batch split
-    along its first axis (:func:`sharded_batch`)."""
-    step = jax.shard_map(_local_step(graphdef, tx, loss_fn, axis_name), mesh=mesh,
+    along its first axis (:func:`sharded_batch`). The input state is donated: use the
+    returned one."""
+    step = jax.shard_map(_local_step(graphdef, tx, loss_fn, axis_name, typed_axes=True),
+                         mesh=mesh,
                          in_specs=(P(), P(axis_name)), out_specs=(P(), P()))
     return jax.jit(step, donate_argnums=0)
 
@@ -107,8 +122,10 @@ def data_mesh(devices: list[jax.Device] | None = None, axis_name: str = DATA_AXI
 
 
 def replicated(tree: Any, mesh: Mesh) -> Any:
-    """``tree`` placed whole on every device of ``mesh``."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """A copy of ``tree`` placed whole on every device of ``mesh`` (a copy, so that the
+    train step's donation of its input never deletes the arrays of the source model)."""
+    # device_put may reuse the source buffer for the shard on its own device.
+    return jax.device_put(jax.tree.map(jnp.copy, tree), NamedSharding(mesh, P()))
 
 
 def sharded_batch(batch: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:

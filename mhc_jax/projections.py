@@ -36,15 +36,38 @@ def window_mask(max_history: int, counts: jax.Array) -> jax.Array:
     return jnp.arange(max_history) >= max_history - jnp.asarray(counts)[..., None]
 
 
+@jax.custom_jvp
+def _project_rows(rows: jax.Array) -> jax.Array:
+    """``optax.projections.projection_simplex`` of every row of a 2-D array."""
+    return jax.vmap(projection_simplex)(rows)
+
+
+@_project_rows.defjvp
+def _project_rows_jvp(primals, tangents):
+    """da = s * (dz - <s, dz> / |s|), s = [a > 0]: optax's own rule (the convention of
+    :func:`mhc_spec.projections.sparsemax_vjp`), except that a row with a single support
+    entry gets exactly 0. There a = e_i does not depend on z, but XLA fuses the rule with
+    what produced dz (e.g. the gate times the upstream gradient) into a fused multiply-add,
+    so dz - dz / 1 comes out as the product's rounding error (~1e-7 in float32), which
+    Adam turns into steps of the size of the learning rate on logits that do nothing."""
+    (rows,), (tangent,) = primals, tangents
+    a = _project_rows(rows)
+    support = (a > 0).astype(tangent.dtype)
+    size = jnp.sum(support, axis=-1, keepdims=True)
+    centred = support * (tangent - jnp.sum(support * tangent, axis=-1, keepdims=True) / size)
+    return a, jnp.where(size > 1, centred, 0.0)
+
+
 def sparsemax(z: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """a = argmin_{a in simplex} ||a - z||^2 along the last axis, over the ``mask``ed entries
     (the others get exactly 0).
 
-    ``optax.projections.projection_simplex`` per row; its JVP uses the support
-    s = [a > 0] (J = diag(s) - s s^T / |s|), the convention of
-    :func:`mhc_spec.projections.sparsemax_vjp`, so no custom rule is needed. Rows are shifted
-    by their (available) maximum first: the projection is shift-invariant, and huge logits
-    stay exact.
+    The projection is ``optax.projections.projection_simplex`` per row. Its JVP already uses
+    the support s = [a > 0] (J = diag(s) - s s^T / |s|, so at a support change the zero
+    entry gets no gradient), the convention of :func:`mhc_spec.projections.sparsemax_vjp`;
+    :func:`_project_rows_jvp` restates it only to make single-support rows exactly 0.
+    Rows are shifted by their (available) maximum first: the projection is shift-invariant,
+    and huge logits stay exact.
     """
     if mask is None:
         shifted = z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
@@ -57,13 +80,18 @@ def sparsemax(z: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     # project in the wider of the two and cast back.
     rows = shifted.reshape(-1, shifted.shape[-1])
     wide = jnp.promote_types(rows.dtype, jnp.result_type(float))
-    projected = jax.vmap(projection_simplex)(rows.astype(wide)).astype(rows.dtype)
+    projected = _project_rows(rows.astype(wide)).astype(rows.dtype)
     return projected.reshape(shifted.shape)
 
 
 def masked_softmax(z: jax.Array, mask: jax.Array) -> jax.Array:
-    """a_j = exp(z_j) / sum_{k in mask} exp(z_k) on the mask, exactly 0 elsewhere."""
-    return jax.nn.softmax(jnp.where(mask, z, 0.0), axis=-1, where=mask)
+    """a_j = exp(z_j) / sum_{k in mask} exp(z_k) on the mask, exactly 0 elsewhere.
+
+    A row with one available entry is the constant 1 there, selected rather than computed,
+    so that its logit's gradient is exactly 0 (see :func:`_project_rows_jvp`)."""
+    a = jax.nn.softmax(jnp.where(mask, z, 0.0), axis=-1, where=mask)
+    single = jnp.sum(mask, axis=-1, keepdims=True) == 1
+    return jnp.where(single, mask.astype(a.dtype), a)
 
 
 def project(config: MHCConfig, theta: jax.Array | None, mask: jax.Array) -> jax.Array:

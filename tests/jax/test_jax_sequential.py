@@ -277,3 +277,20 @@ def test_scan_build_writes_back_batch_statistics_like_the_loop_build() -> None:
     for key in after_scan:
         np.testing.assert_allclose(after_scan[key], after_loop[key], rtol=1e-5, atol=1e-6,
                                    err_msg=key)
+
+
+@pytest.mark.parametrize("constraint", ["simplex", "softmax", "identity"])
+def test_weights_that_cannot_change_get_exactly_zero_logit_gradient(constraint) -> None:
+    """Layer 1 (K = 1) and one-hot sparsemax rows have weights that do not depend on their
+    logits: the jitted gradient is exactly 0 there, even with gating (where XLA's fused
+    multiply-adds would otherwise leave rounding noise that Adam amplifies)."""
+    config = MHCConfig(max_history=3, constraint=constraint, gating=True, init="newest")
+    model = MHCSequential([nnx.Linear(4, 4, rngs=nnx.Rngs(i)) for i in range(4)], config=config)
+    graphdef, state = nnx.split(model)
+    x = jnp.asarray(np.random.default_rng(7).standard_normal((3, 4)), jnp.float32)
+    grads = fast_jit(jax.grad(lambda s: jnp.sum(nnx.merge(graphdef, s)(x) ** 2)))(state)
+    d_theta = np.asarray(grads["mixing"]["theta"][...])
+    assert np.all(d_theta[0] == 0.0)
+    if constraint != "softmax":  # init "newest" makes every sparsemax row one-hot
+        assert np.all(d_theta == 0.0)
+    assert np.any(np.asarray(grads["mixing"]["gamma"][...]) != 0.0)
