@@ -78,24 +78,28 @@ def run_interleaved(
 ) -> list[Timing]:
     """Warm every variant up, then time them round-robin (rotating the order each round).
 
-    The number of rounds is ``budget_s`` divided by the last warm-up round's time, clamped to
-    [min_rounds, max_rounds]; the garbage collector runs between rounds, never inside a step.
+    The number of rounds is ``budget_s`` divided by one round's time as the fastest warm-up
+    calls predict it, clamped to [min_rounds, max_rounds]; if other load slows the rounds
+    down, timing stops once ``budget_s`` has passed and ``min_rounds`` are done. The garbage
+    collector runs between rounds, never inside a step.
     """
     firsts: dict[str, float] = {}
-    last_warm: dict[str, float] = {}
+    fastest: dict[str, float] = {}
     for variant in variants:
         firsts[variant.name] = _timed(variant)
-        last_warm[variant.name] = firsts[variant.name]
-        for _ in range(max(warmup - 1, 0)):
-            last_warm[variant.name] = _timed(variant)
+        warm = [_timed(variant) for _ in range(max(warmup - 1, 1))]
+        fastest[variant.name] = min(warm)
         log(f"  warm {variant.name}: first {firsts[variant.name]:.3f}s, "
-            f"then {last_warm[variant.name] * 1e3:.2f}ms")
-    rounds = plan_rounds(sum(last_warm.values()), budget_s, min_rounds, max_rounds)
+            f"then {', '.join(f'{t * 1e3:.2f}' for t in warm)} ms")
+    rounds = plan_rounds(sum(fastest.values()), budget_s, min_rounds, max_rounds)
     samples: dict[str, list[float]] = {variant.name: [] for variant in variants}
     enabled = gc.isenabled()
     gc.disable()
+    start = time.perf_counter()
     try:
         for index in range(rounds):
+            if index >= min_rounds and time.perf_counter() - start > budget_s:
+                break
             shift = index % len(variants)
             for variant in [*variants[shift:], *variants[:shift]]:
                 samples[variant.name].append(_timed(variant))
