@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from conformance.backends import Backend
-from mhc_spec.statistics import amplification, attenuation, entropy, highway_profile, skip_gain
+from mhc_spec.statistics import attenuation, highway_profile
 from mhc_spec.vectors import GoldenCase
 
 
@@ -72,6 +72,8 @@ class JaxBackend(Backend):
         import jax.numpy as jnp
         from flax import nnx
 
+        from mhc_jax.statistics import mixing_statistics
+
         dtype = jnp.float64 if case.dtype == "float64" else jnp.float32
         model, linear_of = build_model(case, self.build == "scan", dtype)
         x = jnp.asarray(case.inputs["x"], dtype)
@@ -94,10 +96,9 @@ class JaxBackend(Backend):
         def host(a) -> np.ndarray:
             return np.asarray(a, dtype=np.float64)
 
-        weights, gates, state_grads = host(weights), host(gates), host(doffsets)
-        gate_arg = gates if case.config.gating else None
-        ent = entropy(weights, case.config.mode)
-        amp = amplification(weights, gate_arg)
+        state_grads = host(doffsets)
+        # The JAX dashboard's own statistics of the model (mhc_jax.statistics).
+        stats = mixing_statistics(model)
         profile = highway_profile(list(state_grads))
         if self.build == "scan":
             linear = linear_of(grads.blocks)
@@ -106,14 +107,14 @@ class JaxBackend(Backend):
             dkernel = np.stack([host(linear_of(b).kernel[...]) for b in grads.blocks])
             dbias = np.stack([host(linear_of(b).bias[...]) for b in grads.blocks])
         outputs = {
-            "weights": weights,
-            "gates": gates,
+            "weights": host(weights),
+            "gates": host(gates),
             "states": host(states),
-            "statistics.entropy": ent,
-            "statistics.mean_entropy": np.asarray(ent.mean()),
-            "statistics.skip_gain": skip_gain(weights, gate_arg),
-            "statistics.amplification": amp,
-            "statistics.max_amplification": np.asarray(amp.max()),
+            "statistics.entropy": stats.entropy,
+            "statistics.mean_entropy": np.asarray(stats.mean_entropy),
+            "statistics.skip_gain": stats.skip_gain,
+            "statistics.amplification": stats.amplification,
+            "statistics.max_amplification": np.asarray(stats.max_amplification),
             "statistics.highway": profile,
             "statistics.attenuation": np.asarray(attenuation(profile)),
             "gradients.x": state_grads[0],
