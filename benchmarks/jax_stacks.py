@@ -45,12 +45,19 @@ def residual_scan_forward(params: dict[str, jax.Array], x: jax.Array) -> jax.Arr
     return out
 
 
-def residual_loop_forward(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
-    """The same stack unrolled by a Python loop."""
+def residual_loop_forward(params: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
+    """The same stack unrolled by a Python loop over per-layer parameters (a stacked array
+    sliced per layer would make the backward pad and sum L full-size gradients)."""
     s = x
-    for kernel, bias in zip(params["kernel"], params["bias"], strict=True):
-        s = s @ kernel + bias + s
+    for layer in params:
+        s = s @ layer["kernel"] + layer["bias"] + s
     return s
+
+
+def unstacked(params: dict[str, jax.Array]) -> list[dict[str, jax.Array]]:
+    """Per-layer parameters (separate arrays) from stacked ones."""
+    depth = params["kernel"].shape[0]
+    return [{name: leaf[index] for name, leaf in params.items()} for index in range(depth)]
 
 
 def train_step(forward: Callable[[Any, jax.Array], jax.Array]) -> Step:
@@ -100,8 +107,10 @@ def variant(name: str, width: int, depth: int) -> tuple[Step, Any]:
     """(jitted step, initial parameters) for a variant name such as ``residual scan`` or
     ``mhc/simplex H4 loop``."""
     if name.startswith("residual"):
-        forward = residual_scan_forward if name.endswith("scan") else residual_loop_forward
-        return train_step(forward), residual_params(width, depth)
+        params = residual_params(width, depth)
+        if name.endswith("scan"):
+            return train_step(residual_scan_forward), params
+        return train_step(residual_loop_forward), unstacked(params)
     label, build = name.rsplit(" ", 1)
     kind, history = label.rsplit(" H", 1)
     forward, params = functional(mhc_model(width, depth, int(history), kind, build == "scan"))
