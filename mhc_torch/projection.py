@@ -55,16 +55,26 @@ def sparsemax(z: Tensor) -> Tensor:
     return _Sparsemax.apply(z)
 
 
-@functools.lru_cache(maxsize=64)
 def window_mask(depth: int, max_history: int, carried: int, device: torch.device) -> Tensor:
     """Bool (L, H): column j of layer l is available iff j >= H - K_l, K_l = min(H, l + carried).
 
     ``carried`` counts the states a continued history holds before s_0 (0 without one).
-    Cached: the same read-only tensor for the same arguments.
+    Eager calls share one cached read-only tensor per arguments; a compiled graph builds
+    it inline (the compiler folds the constants; dynamo does not trace caches).
     """
+    if torch.compiler.is_compiling():
+        return _build_window_mask(depth, max_history, carried, device)
+    return _cached_window_mask(depth, max_history, carried, device)
+
+
+def _build_window_mask(depth: int, max_history: int, carried: int, device: torch.device
+                       ) -> Tensor:
     columns = torch.arange(max_history, device=device)
     available = (torch.arange(1, depth + 1, device=device) + carried).clamp(max=max_history)
     return columns >= (max_history - available).unsqueeze(-1)
+
+
+_cached_window_mask = functools.lru_cache(maxsize=64)(_build_window_mask)
 
 
 def _newest(h: int, dtype: torch.dtype, device: torch.device) -> Tensor:
