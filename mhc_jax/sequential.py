@@ -11,10 +11,11 @@ Two builds:
   time grows with depth; blocks may differ).
 - ``MHCSequential.scanned(make_block, depth, rngs=...)``: ``depth`` blocks created by
   ``nnx.vmap`` with stacked parameters (leading axis L) and run by ``nnx.scan``. Each scan
-  step runs G = min(H, 8) consecutive layers with the window as a tuple carry: after H layers
-  every slot holds a new state, so the carry needs no shifting copies and the states saved
-  for backward are not duplicated H times. The first L mod G layers run before the scan.
-  Compile time depends on H, not on L.
+  step runs G >= min(H, 8) consecutive layers (a divisor of L when one lies in
+  [min(H, 8), max(H, 8)], see :func:`layers_per_scan_step`) with the window as a tuple
+  carry: every slot is rewritten within a step, so the carry needs no shifting copies and
+  the states saved for backward are not duplicated H times. Compile time depends on H, not
+  on L.
 
 History is functional (see :mod:`mhc_jax.history`): ``model(x)`` is a pure function of x and
 the parameters; ``model(x, history=h)`` returns ``(y, h')`` for streaming.
@@ -23,6 +24,7 @@ the parameters; ``model(x, history=h)`` returns ``(y, h')`` for streaming.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -35,6 +37,23 @@ from mhc_spec import MHCConfig, check_depth
 
 # Layers per scan step are capped so that a very long window does not unroll a huge body.
 MAX_LAYERS_PER_SCAN_STEP = 8
+
+
+def layers_per_scan_step(depth: int, width: int) -> int:
+    """G, the layers each scan step runs, for a window of ``width`` states.
+
+    With G >= width every window slot is rewritten within a step, so the tuple carry needs
+    no copies and a step saves each state for backward about once. A divisor of the depth
+    lets the stacked parameters be regrouped (L, ...) -> (L/G, G, ...) by a reshape, which
+    costs nothing; otherwise the first L mod G layers run before the scan and the rest is
+    sliced out, a copy of the parameters (and of their gradients) at every step.
+    """
+    smallest = min(width, MAX_LAYERS_PER_SCAN_STEP)
+    largest = max(smallest, MAX_LAYERS_PER_SCAN_STEP)
+    for group in range(smallest, min(largest, depth) + 1):
+        if depth % group == 0:
+            return group
+    return smallest
 
 
 class StackOutput(NamedTuple):
@@ -65,6 +84,16 @@ def _layer(
     if offset is not None:
         s = s + offset.astype(s.dtype)
     return (*window[1:], s)
+
+
+_SLICING = frozenset({"slice", "squeeze", "dynamic_slice", "reshape"})
+
+
+def _save_all_but_slices(primitive: Any, *_: Any, **__: Any) -> bool:
+    """Remat policy of a scan step's layer: save every intermediate for backward except the
+    layer's slice of the step's stacked parameters, which backward re-slices from the
+    step's input (already kept) instead of saving a copy of every kernel."""
+    return primitive.name not in _SLICING
 
 
 def _take(tree: Any, index: int | slice) -> Any:
@@ -237,7 +266,7 @@ class MHCSequential(nnx.Module):
             changed = nnx.state(block, nnx.Not(nnx.Param)) if track_mutable else None
             return window, changed
 
-        group = min(len(window), MAX_LAYERS_PER_SCAN_STEP)
+        group = layers_per_scan_step(self.depth, len(window))
         steps, lead = divmod(self.depth, group)
         states, lead_changed = [], []
         for index in range(lead):
@@ -250,8 +279,12 @@ class MHCSequential(nnx.Module):
 
         def grouped(tree):
             return jax.tree.map(
-                lambda leaf: leaf[lead:].reshape(steps, group, *leaf.shape[1:]), tree
+                lambda leaf: (leaf[lead:] if lead else leaf).reshape(
+                    steps, group, *leaf.shape[1:]), tree
             )
+
+        def run_step_layer(k, window, step_variables, row, offset):
+            return run_layer(window, _take(step_variables, k), row, offset, "(scanned)")
 
         @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
         def scan_step(window, inputs):
@@ -259,9 +292,9 @@ class MHCSequential(nnx.Module):
             step_states, step_changed = [], []
             for k in range(group):
                 offset = None if step_offsets is None else step_offsets[k]
-                window, changed = run_layer(
-                    window, _take(step_variables, k), rows[k], offset, "(scanned)"
-                )
+                layer = jax.checkpoint(partial(run_step_layer, k), prevent_cse=False,
+                                       policy=_save_all_but_slices)
+                window, changed = layer(window, step_variables, rows[k], offset)
                 step_states.append(window[-1] if collect else None)
                 step_changed.append(changed)
             stacked = (

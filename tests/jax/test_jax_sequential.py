@@ -54,9 +54,13 @@ def outputs_and_gradients(model: MHCSequential, x: jax.Array, g: jax.Array):
 
 
 SCAN_CASES = [
-    # (config, depth): depth % H leaves layers before the scan; H > 8 caps the scan step;
-    # depth < H runs no scan step at all.
+    # (config, depth) -> layers per scan step G and layers before the scan:
+    # 7 -> G 7 (one step); 11 -> G 4 after 3 lead layers (no divisor of 11 in [4, 8]);
+    # 9 with H 2 -> G 3; H 9 -> G 8 (capped) after 2 lead layers; residual and H 1 -> G 1;
+    # depth 2 < H 6 -> no scan step at all.
     (MHCConfig(max_history=4, gating=True), 7),
+    (MHCConfig(max_history=4, gating=True), 11),
+    (MHCConfig(max_history=2, constraint="softmax"), 9),
     (MHCConfig(max_history=3, mode="hc"), 6),
     (MHCConfig(max_history=9, constraint="softmax", temperature=0.7), 10),
     (MHCConfig(max_history=4, mode="residual", gating=True), 5),
