@@ -3,22 +3,35 @@
 - :class:`MHCSequential`: a stack with history-mixing skip connections, built from a list of
   modules (Python loop) or from a block constructor and a depth (stacked, ``nnx.scan``).
 - :class:`MHCSkip`: one layer's mixing for hand-written loops; :class:`History`: the window.
-- :mod:`mhc_jax.statistics` and :mod:`mhc_jax.tensorboard`: the dashboard's numbers and
-  pictures; :mod:`mhc_jax.parallel`: data-parallel train steps (pmap, shard_map);
-  :mod:`mhc_jax.portable`: parameter exchange with PyTorch.
+- :mod:`mhc_jax.statistics` and :mod:`mhc_jax.tensorboard` (imported on its own: it needs
+  TensorBoard and Matplotlib): the dashboard's numbers and pictures;
+  :mod:`mhc_jax.parallel`: data-parallel train steps (pmap, shard_map); :mod:`mhc_jax.portable`:
+  parameter exchange with PyTorch; ``python -m mhc_jax.demo``: the digits demo.
 """
 
 from mhc_jax.history import History
 from mhc_jax.mixing import MHCMixing, MHCSkip
 from mhc_jax.portable import export_portable, load_portable
 from mhc_jax.sequential import MHCSequential, StackOutput
+from mhc_jax.statistics import (
+    Highway,
+    MixingStatistics,
+    highway,
+    mixing_statistics,
+    state_gradients,
+)
 
 __all__ = [
+    "Highway",
     "History",
     "MHCMixing",
     "MHCSequential",
     "MHCSkip",
+    "MixingStatistics",
     "StackOutput",
     "export_portable",
+    "highway",
     "load_portable",
+    "mixing_statistics",
+    "state_gradients",
 ]

@@ -14,11 +14,22 @@ Two builds:
   step runs G >= min(H, 8) consecutive layers (a divisor of L when one lies in
   [min(H, 8), max(H, 8)], see :func:`layers_per_scan_step`) with the window as a tuple
   carry: every slot is rewritten within a step, so the carry needs no shifting copies and
-  the states saved for backward are not duplicated H times. Compile time depends on H, not
-  on L.
+  the states saved for backward are not duplicated H times. Each layer's slice of the
+  stacked parameters is re-sliced in backward rather than saved (a remat policy). Compile
+  time depends on H, not on L.
 
 History is functional (see :mod:`mhc_jax.history`): ``model(x)`` is a pure function of x and
-the parameters; ``model(x, history=h)`` returns ``(y, h')`` for streaming.
+the parameters, and nothing is kept between calls. The PyTorch twin's buffers map as:
+
+- ``carry_history=False`` (torch's default, a fresh ``HistoryBuffer`` per forward) is
+  ``model(x)``;
+- ``carry_history=True`` is ``y, history = model(x, history=history)``: the returned
+  :class:`~mhc_jax.History` holds the last H states, oldest first, with a count of how many
+  are real, and the next call pushes its input after them;
+- ``reset_history()``, which ``MHCLightningCallback`` calls at the start of every train,
+  validation, test and predict batch, is passing ``model.empty_history(x)`` (or no history)
+  again. A jitted step that passes no history is therefore reset at every batch, like the
+  Lightning callback's runs.
 """
 
 from __future__ import annotations
