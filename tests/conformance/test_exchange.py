@@ -123,7 +123,7 @@ def test_converted_models_compute_the_same_outputs_and_gradients(options, scan):
 @pytest.mark.parametrize("h", [1, 2, 4])
 def test_torch_carry_history_equals_the_jax_history_value(h):
     # Streaming: torch's carry_history buffer and JAX's explicit History continue the same
-    # window across calls (depth 3 < H = 4 exercises the carried states in every layer).
+    # window across calls (the first H-1 layers of each later call mix carried states).
     options = {"mode": "mhc", "max_history": h}
     source = torch_model(options, tanh=True, seed=7)
     stream = mhc_torch.MHCSequential(
