@@ -12,7 +12,6 @@ are exactly representable in float32 and is meant to be run by a backend in floa
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mhc_spec.config import MHCConfig
+from mhc_spec.golden_files import case_paths, run_generator, to_json_text, write_cases
 from mhc_spec.gradients import backward
 from mhc_spec.parameters import init_gamma, init_theta
 from mhc_spec.recurrence import forward
@@ -29,7 +29,6 @@ from mhc_spec.statistics import amplification, attenuation, entropy, highway_pro
 from mhc_spec.version import SPEC_VERSION
 
 VECTORS_VERSION = 1
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -225,14 +224,6 @@ def compute_expected(
     }
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
 def _arrays(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _arrays(v) for k, v in value.items()}
@@ -254,28 +245,13 @@ def render(spec: CaseSpec) -> str:
         "inputs": inputs,
         "expected": compute_expected(spec.config, spec.kind, inputs),
     }
-    return json.dumps(_jsonable(document), sort_keys=True) + "\n"
+    return to_json_text(document)
 
 
 def write_vectors(directory: str | Path) -> list[Path]:
     """Write every case and a manifest into ``directory``; returns the paths written."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    specs = all_cases()
-    for spec in specs:
-        path = directory / f"{spec.name}.json"
-        path.write_text(render(spec))
-        written.append(path)
-    manifest = {
-        "vectors_version": VECTORS_VERSION,
-        "spec_version": SPEC_VERSION,
-        "cases": [spec.name for spec in specs],
-    }
-    path = directory / MANIFEST
-    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    written.append(path)
-    return written
+    return write_cases(directory, ((spec.name, render(spec)) for spec in all_cases()),
+                       VECTORS_VERSION)
 
 
 def load_case(path: str | Path) -> GoldenCase:
@@ -295,9 +271,7 @@ def load_case(path: str | Path) -> GoldenCase:
 
 def load_vectors(directory: str | Path) -> list[GoldenCase]:
     """Every case listed in the manifest of ``directory``."""
-    directory = Path(directory)
-    manifest = json.loads((directory / MANIFEST).read_text())
-    return [load_case(directory / f"{name}.json") for name in manifest["cases"]]
+    return [load_case(path) for path in case_paths(directory)]
 
 
 def default_directory() -> Path:
@@ -306,12 +280,7 @@ def default_directory() -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("directory", nargs="?", default=str(default_directory()))
-    args = parser.parse_args(argv)
-    paths = write_vectors(args.directory)
-    size = sum(p.stat().st_size for p in paths)
-    print(f"wrote {len(paths) - 1} cases ({size / 1e6:.2f} MB) to {args.directory}")
+    run_generator(__doc__.split("\n")[0], default_directory(), write_vectors, argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ run by a backend in float32.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mhc_spec.golden_files import case_paths, run_generator, to_json_text, write_cases
 from mhc_spec.streams.config import REDUCES, StreamConfig
 from mhc_spec.streams.gradients import backward
 from mhc_spec.streams.parameters import (
@@ -43,7 +43,6 @@ from mhc_spec.streams.statistics import summary
 from mhc_spec.version import SPEC_VERSION
 
 STREAM_VECTORS_VERSION = 1
-MANIFEST = "manifest.json"
 PARAMETER_DRAWS = ("random", "init", "large_res")
 
 
@@ -215,14 +214,6 @@ def compute_expected(config: StreamConfig, kind: str, inputs: dict[str, Any]) ->
     }
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
 def _arrays(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _arrays(v) for k, v in value.items()}
@@ -242,28 +233,13 @@ def render(spec: StreamCaseSpec) -> str:
         "inputs": inputs,
         "expected": compute_expected(spec.config, spec.kind, inputs),
     }
-    return json.dumps(_jsonable(document), sort_keys=True) + "\n"
+    return to_json_text(document)
 
 
 def write_vectors(directory: str | Path) -> list[Path]:
     """Write every case and a manifest into ``directory``; returns the paths written."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    specs = all_cases()
-    for spec in specs:
-        path = directory / f"{spec.name}.json"
-        path.write_text(render(spec))
-        written.append(path)
-    manifest = {
-        "vectors_version": STREAM_VECTORS_VERSION,
-        "spec_version": SPEC_VERSION,
-        "cases": [spec.name for spec in specs],
-    }
-    path = directory / MANIFEST
-    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    written.append(path)
-    return written
+    return write_cases(directory, ((spec.name, render(spec)) for spec in all_cases()),
+                       STREAM_VECTORS_VERSION)
 
 
 def load_case(path: str | Path) -> StreamCase:
@@ -281,9 +257,7 @@ def load_case(path: str | Path) -> StreamCase:
 
 def load_vectors(directory: str | Path) -> list[StreamCase]:
     """Every case listed in the manifest of ``directory``."""
-    directory = Path(directory)
-    manifest = json.loads((directory / MANIFEST).read_text())
-    return [load_case(directory / f"{name}.json") for name in manifest["cases"]]
+    return [load_case(path) for path in case_paths(directory)]
 
 
 def default_directory() -> Path:
@@ -292,12 +266,7 @@ def default_directory() -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("directory", nargs="?", default=str(default_directory()))
-    args = parser.parse_args(argv)
-    paths = write_vectors(args.directory)
-    size = sum(p.stat().st_size for p in paths)
-    print(f"wrote {len(paths) - 1} cases ({size / 1e6:.2f} MB) to {args.directory}")
+    run_generator(__doc__.split("\n")[0], default_directory(), write_vectors, argv)
 
 
 if __name__ == "__main__":

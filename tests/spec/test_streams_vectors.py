@@ -8,8 +8,8 @@ import sys
 import numpy as np
 
 from mhc_spec import SPEC_VERSION
+from mhc_spec.golden_files import MANIFEST
 from mhc_spec.streams.vectors import (
-    MANIFEST,
     all_cases,
     default_directory,
     load_vectors,

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from mhc_spec import SPEC_VERSION
-from mhc_spec.vectors import MANIFEST, all_cases, default_directory, write_vectors
+from mhc_spec.golden_files import MANIFEST
+from mhc_spec.vectors import all_cases, default_directory, write_vectors
 
 COMMITTED = default_directory()
 
