@@ -11,7 +11,13 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CometLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import (
+    CometLogger,
+    Logger,
+    MLFlowLogger,
+    TensorBoardLogger,
+    WandbLogger,
+)
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from mhc_dashboard import (
@@ -81,8 +87,11 @@ class MHCLightningCallback(Callback):
 
     **Where it goes.** Scalars go to every logger of the trainer via ``log_metrics``.
     Pictures go to each logger in its own way: TensorBoard ``add_image``, W&B
-    ``log_image``, Comet ``experiment.log_image``; any other logger (CSV, MLflow, custom)
-    gets PNG files under ``<its log_dir or save_dir>/images/<tag>/step_<step>.png``.
+    ``log_image``, Comet ``experiment.log_image``, MLflow ``experiment.log_image(run_id,
+    image, key=tag, step=step)`` (per-step image artifacts under the run's ``images/``,
+    shown in the MLflow UI by key and step; tested with mlflow-skinny 3.18); any other
+    logger (CSV, custom) gets PNG files under
+    ``<its log_dir or save_dir>/images/<tag>/step_<step>.png``.
     By default only global rank 0 reads and logs anything; with ``rank_zero_only=False``
     every rank reads its own values, they are gathered to rank 0 (a collective on all
     ranks, on logging steps only) and logged with ``rank<r>/`` after the prefix.
@@ -337,6 +346,8 @@ def _log_image(trainer: pl.Trainer, tag: str, step: int, rgb: np.ndarray) -> Non
             logger.log_image(key=tag, images=[rgb], step=step)
         elif isinstance(logger, CometLogger):
             logger.experiment.log_image(rgb, name=tag, step=step)
+        elif isinstance(logger, MLFlowLogger):
+            logger.experiment.log_image(logger.run_id, rgb, key=tag, step=step)
         else:
             path = os.path.join(_image_dir(trainer, logger), "images", *tag.split("/"),
                                 f"step_{step:08d}.png")
