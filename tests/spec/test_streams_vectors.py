@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+from golden_compare import assert_regenerates
 
 from mhc_spec import SPEC_VERSION
 from mhc_spec.golden_files import MANIFEST
@@ -19,36 +20,8 @@ from mhc_spec.streams.vectors import (
 COMMITTED = default_directory()
 
 
-def compare(fresh, committed, path="", inputs=False):
-    """The rule of tests/spec/test_vectors.py: equal structure and metadata; inputs
-    bit-identical; computed floats within 1e-12 relative (last-ulp differences of SIMD
-    exp/tanh between CPUs, nothing more)."""
-    assert type(fresh) is type(committed), path
-    if isinstance(fresh, dict):
-        assert fresh.keys() == committed.keys(), path
-        for key in fresh:
-            compare(fresh[key], committed[key], f"{path}.{key}", inputs or key == "inputs")
-    elif isinstance(fresh, list) and fresh and isinstance(fresh[0], str):
-        assert fresh == committed, path
-    elif isinstance(fresh, list):
-        a, b = np.array(fresh, dtype=np.float64), np.array(committed, dtype=np.float64)
-        if inputs:
-            np.testing.assert_array_equal(a, b, err_msg=path)
-        else:
-            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300, err_msg=path)
-    elif isinstance(fresh, float) and not inputs:
-        np.testing.assert_allclose(fresh, committed, rtol=1e-12, err_msg=path)
-    else:
-        assert fresh == committed, path
-
-
 def test_regenerated_vectors_equal_the_committed_files(tmp_path):
-    written = write_vectors(tmp_path)
-    names = sorted(p.name for p in written)
-    assert names == sorted(p.name for p in COMMITTED.glob("*.json")), "stale or missing files"
-    for path in written:
-        fresh = json.loads(path.read_text())
-        compare(fresh, json.loads((COMMITTED / path.name).read_text()), path.name)
+    assert_regenerates(write_vectors, COMMITTED, tmp_path)
 
 
 def documents():
