@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from benchmarks.interleave import Timing, Variant, plan_rounds, run_interleaved
-from benchmarks.lightning_overhead import StepStamps, compare
+from benchmarks.lightning_overhead import StepStamps, compare, compare_alternating
 from benchmarks.report import render
 from benchmarks.targets import evaluate
 from benchmarks.torch_memory import saved_for_backward
@@ -82,6 +82,15 @@ def test_step_intervals_and_logging_classification() -> None:
     result = compare(plain, with_cb, every=2)
     assert result["non_logging"]["ratio"] == pytest.approx(1.1)
     assert result["logging"]["ratio"] == pytest.approx(3.5 / 2.0)
+
+
+def test_alternating_comparison_pairs_even_against_odd_away_from_logging() -> None:
+    # every=10: steps 0, 1 and 9 (mod 10) are next to logging and left out.
+    intervals = [(step, 2.0 if step % 2 == 0 else 1.0) for step in range(1, 20)]
+    intervals[8] = (9, 100.0)   # the trainer's own logging step: ignored
+    result = compare_alternating(intervals, every=10)
+    assert result["ratio"] == pytest.approx(2.0)
+    assert result["callback_n"] == 8 and result["plain_n"] == 6  # 2,4,6,8,12,14,16,18 / 3..17
 
 
 def _speed(shape: str, medians: dict[str, float]) -> dict[str, object]:
