@@ -6,7 +6,7 @@ family are checked against (golden vectors in ``conformance/vectors/streams``).
 """
 
 from mhc_spec.streams.coefficients import Coefficients, coefficients, rms_norm, sigmoid
-from mhc_spec.streams.config import REDUCES, SINKHORN, STREAM_MODES, StreamConfig
+from mhc_spec.streams.config import PRE_INITS, REDUCES, SINKHORN, STREAM_MODES, StreamConfig
 from mhc_spec.streams.constraint import project_residual, project_residual_vjp
 from mhc_spec.streams.gradients import StreamGradients, backward
 from mhc_spec.streams.parameters import (
@@ -14,6 +14,7 @@ from mhc_spec.streams.parameters import (
     from_portable,
     init_parameters,
     parameter_shapes,
+    pre_init_logits,
     pre_logit,
     to_portable,
 )
@@ -38,6 +39,7 @@ from mhc_spec.streams.statistics import (
 )
 
 __all__ = [
+    "PRE_INITS",
     "REDUCES",
     "SINKHORN",
     "STREAM_MODES",
@@ -59,6 +61,7 @@ __all__ = [
     "init_parameters",
     "layer_forward",
     "parameter_shapes",
+    "pre_init_logits",
     "pre_logit",
     "project_residual",
     "project_residual_vjp",

@@ -16,6 +16,7 @@ from mhc_spec.config import check_bool, check_choice, check_float, check_int
 
 STREAM_MODES = ("mhc", "hc")
 REDUCES = ("sum", "mean", "gated")
+PRE_INITS = ("cyclic", "uniform")
 SINKHORN = "sinkhorn"
 DEFAULT_SINKHORN_ITERATIONS = 20
 DEFAULT_A_INIT = 0.01
@@ -52,6 +53,11 @@ class StreamConfig:
       (sum_i sigmoid(r_i) X[i] with learned logits r).
     - ``rms_eps`` (> 0): RMSNorm's epsilon, x' = x / sqrt(mean(x^2) + eps).
     - ``a_init``: initial value of the scales a_pre, a_post, a_res of the dynamic terms.
+    - ``pre_init``: initial Hpre of layer l, ``"cyclic"`` (1/2 + 1/(2n) on stream l mod n,
+      1/(2n) on the others) or ``"uniform"`` (1/n everywhere). Both sum to 1, so the
+      initial network is the residual network; ``"uniform"`` is symmetric under permuting
+      the streams, so gradient descent keeps them equal forever (b_res and phi_res get zero
+      gradient); ``"cyclic"`` breaks the symmetry as HC's per-layer one-hot A_m init does.
     """
 
     streams: int = 4
@@ -62,6 +68,7 @@ class StreamConfig:
     reduce: str = "sum"
     rms_eps: float = DEFAULT_RMS_EPS
     a_init: float = DEFAULT_A_INIT
+    pre_init: str = "cyclic"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -74,6 +81,7 @@ class StreamConfig:
         check_choice("reduce", self.reduce, REDUCES)
         set_(self, "rms_eps", check_float("rms_eps", self.rms_eps, "> 0", lambda v: v > 0))
         set_(self, "a_init", check_float("a_init", self.a_init, "", lambda v: True))
+        check_choice("pre_init", self.pre_init, PRE_INITS)
 
     @property
     def constrained(self) -> bool:

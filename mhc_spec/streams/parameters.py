@@ -15,8 +15,9 @@ exactly as the history family does; save and load it with :func:`mhc_spec.save_p
 and :func:`mhc_spec.load_portable`.
 
 Initialisation (every stream then equals the plain residual network's state, see
-:func:`init_parameters`): phi = 0, a = ``a_init``, b_pre = logit(1/n), b_post = 0 (Hpost = 1),
-b_res = ``RES_DIAGONAL_LOGIT`` * I for mhc and I for hc, reduce_logits = logit(1/n).
+:func:`init_parameters`): phi = 0, a = ``a_init``, b_pre from :func:`pre_init_logits`
+(Hpre sums to 1), b_post = 0 (Hpost = 1), b_res = ``RES_DIAGONAL_LOGIT`` * I for mhc and I
+for hc, reduce_logits = logit(1/n).
 """
 
 from __future__ import annotations
@@ -55,6 +56,20 @@ def pre_logit(streams: int) -> float:
     return SATURATED_LOGIT if streams == 1 else -math.log(streams - 1)
 
 
+def pre_init_logits(config: StreamConfig, depth: int) -> np.ndarray:
+    """b_pre at initialisation, shape (L, n): logit(1/n) (``"uniform"``) or, for layer l,
+    logit(1/2 + 1/(2n)) on stream l mod n and logit(1/(2n)) elsewhere (``"cyclic"``).
+    sigmoid of every row sums to 1; n = 1 gives ``SATURATED_LOGIT`` (Hpre = 1)."""
+    depth = check_depth(depth)
+    n = config.streams
+    if n == 1 or config.pre_init == "uniform":
+        return np.full((depth, n), pre_logit(n))
+    main, other = 0.5 + 0.5 / n, 0.5 / n
+    logits = np.full((depth, n), math.log(other / (1.0 - other)))
+    logits[np.arange(depth), np.arange(depth) % n] = math.log(main / (1.0 - main))
+    return logits
+
+
 def parameter_shapes(config: StreamConfig, depth: int, width: int) -> dict[str, tuple[int, ...]]:
     """The key and shape of every mixing parameter of an L-layer stack of width C."""
     depth = check_depth(depth)
@@ -75,8 +90,8 @@ def parameter_shapes(config: StreamConfig, depth: int, width: int) -> dict[str, 
 
 
 def init_parameters(config: StreamConfig, depth: int, width: int) -> dict[str, np.ndarray]:
-    """phi = 0, a = a_init, sigmoid(b_pre) = 1/n, b_post = 0, b_res = 4 I (mhc) or I (hc),
-    sigmoid(reduce_logits) = 1/n.
+    """phi = 0, a = a_init, b_pre = :func:`pre_init_logits`, b_post = 0, b_res = 4 I (mhc) or
+    I (hc), sigmoid(reduce_logits) = 1/n.
 
     With equal streams and rows of Hres summing to 1, every stream of every layer then
     equals the residual network's state h_l = h_{l-1} + F_l(h_{l-1}): the mean and gated
@@ -87,7 +102,7 @@ def init_parameters(config: StreamConfig, depth: int, width: int) -> dict[str, n
     if config.dynamic:
         for key in (A_PRE, A_POST, A_RES):
             params[key][:] = config.a_init
-    params[B_PRE][:] = pre_logit(n)
+    params[B_PRE][:] = pre_init_logits(config, depth)
     diagonal = RES_DIAGONAL_LOGIT if config.constrained else 1.0
     params[B_RES][:] = diagonal * np.eye(n)
     if config.reduce == "gated":

@@ -12,10 +12,11 @@ from mhc_spec.streams import (
     from_portable,
     init_parameters,
     parameter_shapes,
+    pre_init_logits,
     pre_logit,
     to_portable,
 )
-from mhc_spec.streams.parameters import RES_DIAGONAL_LOGIT
+from mhc_spec.streams.parameters import RES_DIAGONAL_LOGIT, SATURATED_LOGIT
 
 
 def test_shapes_per_variant():
@@ -43,7 +44,15 @@ def test_initial_coefficients(n):
     np.testing.assert_array_equal(params["streams.a_pre"], 0.05)
     h = np.random.default_rng(n).standard_normal((4, 2))
     c = coefficients(config, params, 1, expand(h, n))
-    np.testing.assert_allclose(c.pre, 1.0 / n, rtol=1e-15)
+    np.testing.assert_allclose(c.pre.sum(axis=-1), 1.0, rtol=1e-15)
+    if n > 1:
+        # Layer 1 leans on stream 1 mod n: 1/2 + 1/(2n) there, 1/(2n) elsewhere.
+        expected = np.full(n, 0.5 / n)
+        expected[1 % n] += 0.5
+        np.testing.assert_allclose(c.pre, np.broadcast_to(expected, (4, n)), rtol=1e-14)
+    uniform = StreamConfig(streams=n, pre_init="uniform")
+    c_uniform = coefficients(uniform, init_parameters(uniform, 3, 2), 1, expand(h, n))
+    np.testing.assert_allclose(c_uniform.pre, 1.0 / n, rtol=1e-15)
     np.testing.assert_array_equal(c.post, 1.0)
     np.testing.assert_allclose(c.res.sum(axis=-1), 1.0, rtol=1e-15)
     np.testing.assert_array_equal(params["streams.b_res"][0], RES_DIAGONAL_LOGIT * np.eye(n))
@@ -53,6 +62,15 @@ def test_initial_coefficients(n):
     hc = StreamConfig(streams=n, mode="hc", dynamic=False)
     free = coefficients(hc, init_parameters(hc, 1, 2), 0, expand(h, n)).res
     np.testing.assert_array_equal(free, np.broadcast_to(np.eye(n), (4, n, n)))
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_cyclic_pre_init_visits_every_stream(n):
+    logits = pre_init_logits(StreamConfig(streams=n), 2 * n + 1)
+    leaning = logits.argmax(axis=1)
+    np.testing.assert_array_equal(leaning, np.arange(2 * n + 1) % n)
+    np.testing.assert_allclose((1 / (1 + np.exp(-logits))).sum(axis=1), 1.0, rtol=1e-15)
+    np.testing.assert_array_equal(pre_init_logits(StreamConfig(streams=1), 3), SATURATED_LOGIT)
 
 
 def test_pre_logit():

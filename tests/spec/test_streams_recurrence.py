@@ -9,8 +9,10 @@ import pytest
 
 from mhc_spec.blocks import block_forward
 from mhc_spec.streams import (
+    PRE_INITS,
     REDUCES,
     StreamConfig,
+    backward,
     coefficients,
     forward,
     init_parameters,
@@ -160,8 +162,10 @@ def residual_network(h, kind, weight, bias):
 @pytest.mark.parametrize("mode", ["mhc", "hc"])
 @pytest.mark.parametrize("dynamic", [False, True])
 @pytest.mark.parametrize("reduce", REDUCES)
-def test_initialised_network_is_the_residual_network(n, mode, dynamic, reduce):
-    config = StreamConfig(streams=n, mode=mode, dynamic=dynamic, reduce=reduce)
+@pytest.mark.parametrize("pre_init", PRE_INITS)
+def test_initialised_network_is_the_residual_network(n, mode, dynamic, reduce, pre_init):
+    config = StreamConfig(streams=n, mode=mode, dynamic=dynamic, reduce=reduce,
+                          pre_init=pre_init)
     rng = np.random.default_rng(n)
     depth, width = 6, 5
     h = rng.standard_normal((3, 4, width))
@@ -179,6 +183,36 @@ def test_initialised_network_is_the_residual_network(n, mode, dynamic, reduce):
                                        atol=1e-14 * np.abs(state).max())
         if n == 1:
             np.testing.assert_array_equal(trace.output, s)
+
+
+@pytest.mark.parametrize("pre_init", PRE_INITS)
+def test_only_the_cyclic_init_lets_the_streams_diverge(pre_init):
+    """With uniform Hpre every stream gets the same gradient, so gradient descent keeps the
+    streams equal and b_res, phi_res never move (SK's reverse mode removes a cotangent
+    that is constant along rows). The cyclic init gives the streams distinct gradients
+    (b_post first), after which Hres learns."""
+    config = StreamConfig(streams=4, pre_init=pre_init)
+    rng = np.random.default_rng(7)
+    depth, width = 3, 5
+    h = rng.standard_normal((6, width))
+    weight = rng.standard_normal((depth, width, width)) / np.sqrt(width)
+    bias = rng.standard_normal((depth, width))
+    target = rng.standard_normal((6, width))
+    params = init_parameters(config, depth, width)
+    for _ in range(3):
+        trace = forward(config, h, params, "tanh_linear", weight, bias)
+        grads = backward(config, trace, params, "tanh_linear", weight, bias,
+                         trace.output - target)
+        params = {key: value - 0.1 * grads.params[key] for key, value in params.items()}
+    last = trace.states[-1]
+    spread = np.abs(last - last[..., :1, :]).max() / np.abs(last).max()
+    res_grad = max(np.abs(grads.params[key]).max() for key in ("streams.b_res",
+                                                                 "streams.phi_res"))
+    res_grad /= np.abs(grads.params["streams.b_pre"]).max()
+    if pre_init == "uniform":
+        assert spread < 1e-12 and res_grad < 1e-12
+    else:
+        assert spread > 1e-3 and res_grad > 1e-3
 
 
 def test_parameters_are_checked():
