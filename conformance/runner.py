@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from conformance.backends import Backend
+from conformance.backends import Backend, Case
 from conformance.tolerances import RTOL, errors, tolerance
-from mhc_spec.vectors import GoldenCase
+from mhc_spec.streams.vectors import StreamCase
 
 
 def flatten_expected(expected: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
@@ -25,15 +25,19 @@ def flatten_expected(expected: Mapping[str, Any], prefix: str = "") -> dict[str,
     return flat
 
 
-def case_group(case: GoldenCase) -> str:
+def case_group(case: Case) -> str:
     """Matrix row of a case: its mode/constraint (or the edge-case and initialisation sets)
-    and the dtype it runs in."""
+    and the dtype it runs in; stream-family rows start with "streams"."""
     if case.name.startswith("edge_"):
         family = "edge cases"
     elif case.name.startswith("init_"):
         family = "initialisations"
     else:
         family = case.config.kind
+    if isinstance(case, StreamCase):
+        if family == "mhc/sinkhorn":
+            family += " dynamic" if case.config.dynamic else " static"
+        family = f"streams {family}"
     return f"{family} {case.dtype}"
 
 
@@ -60,7 +64,7 @@ class Cell:
     reason: str = ""
 
 
-def compare_case(case: GoldenCase, outputs: Mapping[str, np.ndarray]) -> list[Check]:
+def compare_case(case: Case, outputs: Mapping[str, np.ndarray]) -> list[Check]:
     """Every expected quantity of ``case`` against a backend's ``outputs``; a missing
     quantity fails."""
     checks = []
@@ -74,7 +78,7 @@ def compare_case(case: GoldenCase, outputs: Mapping[str, np.ndarray]) -> list[Ch
     return checks
 
 
-def run(backends: Iterable[Backend], cases: list[GoldenCase]) -> list[Cell]:
+def run(backends: Iterable[Backend], cases: list[Case]) -> list[Cell]:
     """Cells for every group x backend; a backend that cannot run yields "not run" cells."""
     groups = list(dict.fromkeys(case_group(c) for c in cases))
     cells = []

@@ -11,7 +11,11 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from mhc_spec.streams.vectors import StreamCase
 from mhc_spec.vectors import GoldenCase
+
+# A case of either family: history mixing (GoldenCase) or multi-stream mHC (StreamCase).
+Case = GoldenCase | StreamCase
 
 
 class Backend(ABC):
@@ -25,12 +29,12 @@ class Backend(ABC):
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
         return f"{', '.join(missing)} not installed" if missing else None
 
-    def selects(self, case: GoldenCase) -> bool:
+    def selects(self, case: Case) -> bool:
         """Whether this backend runs ``case`` (all by default)."""
         return True
 
     @abstractmethod
-    def run(self, case: GoldenCase) -> dict[str, np.ndarray]:
+    def run(self, case: Case) -> dict[str, np.ndarray]:
         """The flattened outputs of ``case`` computed by this backend."""
 
 
