@@ -35,6 +35,7 @@ from mhc_spec.streams.statistics import (
     composite_to_output,
     forward_gain,
     summary,
+    summary_from_coefficients,
     token_mean,
 )
 
@@ -72,6 +73,7 @@ __all__ = [
     "sinkhorn",
     "sinkhorn_vjp",
     "summary",
+    "summary_from_coefficients",
     "to_portable",
     "token_mean",
     "update",

@@ -6,6 +6,13 @@ the forward gain max_i sum_j |P_ij| (worst expansion of a signal), the backward 
 max_j sum_i |P_ij| (worst expansion of a gradient), computed per token and averaged over
 tokens. For mhc the rows of Hres sum to 1, so every forward gain is 1 up to rounding and the
 backward gains approach 1 as T grows; an unconstrained hc stack can grow exponentially.
+
+Everything is a function of the coefficients alone (:func:`summary_from_coefficients`), so a
+backend summarises what its own forward recorded. The difference the manifold makes is
+shown by comparing stacks, an mhc one and an hc one (Hres free, initialised to I), each
+summarised from its own coefficients. An mhc stack's own logits Hres~ are no stand-in for
+the hc setting: they start at b_res = 4 I, whose composites have gains 4^l from the first
+step, a property of the initial bias rather than of leaving the manifold.
 """
 
 from __future__ import annotations
@@ -52,16 +59,39 @@ def token_mean(values: np.ndarray, trailing: int) -> np.ndarray:
     return values.reshape(values.shape[0], -1, *tail).mean(axis=1)
 
 
-def summary(trace: StreamTrace) -> dict[str, np.ndarray]:
-    """The dashboard's numbers: token means of each layer's Hres (L, n, n), Hpre and Hpost
-    (L, n); the gains of each Hres_l (L,) and of the composites P_l and Q_l (L+1,), as token
-    means (the paper's measure) and, for the composites, token maxima."""
-    hres = trace.hres
+def _check_coefficients(hpre: np.ndarray, hpost: np.ndarray,
+                        hres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three arrays in float64 after checking they describe the same layers and tokens."""
+    hpre, hpost, hres = (np.asarray(v, dtype=np.float64) for v in (hpre, hpost, hres))
+    if hres.ndim < 3 or hres.shape[-1] != hres.shape[-2] or 0 in hres.shape:
+        raise ValueError(f"hres must be a non-empty (L, ..., n, n) array, got shape "
+                         f"{hres.shape}.")
+    if hpre.shape != hres.shape[:-1] or hpost.shape != hres.shape[:-1]:
+        raise ValueError(f"hpre {hpre.shape} and hpost {hpost.shape} must both have shape "
+                         f"{hres.shape[:-1]} (L, ..., n), to match hres {hres.shape}.")
+    return hpre, hpost, hres
+
+
+def summary_from_coefficients(hpre: np.ndarray, hpost: np.ndarray,
+                              hres: np.ndarray) -> dict[str, np.ndarray]:
+    """The dashboard's numbers from every layer's coefficients, Hpre and Hpost (L, ..., n)
+    and Hres (L, ..., n, n) with the same token axes "...":
+
+    - ``hres_mean`` (L, n, n), ``hpre_mean`` and ``hpost_mean`` (L, n): token means;
+    - ``layer_forward_gain`` / ``layer_backward_gain`` (L,): token means of
+      max_i sum_j |Hres_l[i, j]| and max_j sum_i |Hres_l[i, j]|;
+    - ``composite_forward_gain`` / ``composite_backward_gain`` (L+1,): the same gains of
+      P_l = Hres_l ... Hres_1 (P_0 = I), token means (the paper's measure), and
+      ``composite_*_gain_max`` their token maxima;
+    - ``to_output_forward_gain`` / ``to_output_backward_gain`` (L+1,): token means of the
+      gains of Q_l = Hres_L ... Hres_{l+1} (Q_L = I).
+    """
+    hpre, hpost, hres = _check_coefficients(hpre, hpost, hres)
     p, q = composite(hres), composite_to_output(hres)
     return {
         "hres_mean": token_mean(hres, 2),
-        "hpre_mean": token_mean(trace.hpre, 1),
-        "hpost_mean": token_mean(trace.hpost, 1),
+        "hpre_mean": token_mean(hpre, 1),
+        "hpost_mean": token_mean(hpost, 1),
         "layer_forward_gain": token_mean(forward_gain(hres), 0),
         "layer_backward_gain": token_mean(backward_gain(hres), 0),
         "composite_forward_gain": token_mean(forward_gain(p), 0),
@@ -71,3 +101,8 @@ def summary(trace: StreamTrace) -> dict[str, np.ndarray]:
         "to_output_forward_gain": token_mean(forward_gain(q), 0),
         "to_output_backward_gain": token_mean(backward_gain(q), 0),
     }
+
+
+def summary(trace: StreamTrace) -> dict[str, np.ndarray]:
+    """:func:`summary_from_coefficients` of the coefficients a forward pass computed."""
+    return summary_from_coefficients(trace.hpre, trace.hpost, trace.hres)

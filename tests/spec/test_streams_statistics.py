@@ -2,6 +2,7 @@
 manifold keeps them 1-ish while an unconstrained hc stack can explode."""
 
 import numpy as np
+import pytest
 
 from mhc_spec.streams import (
     StreamConfig,
@@ -14,6 +15,7 @@ from mhc_spec.streams import (
     layer_forward,
     parameter_shapes,
     summary,
+    summary_from_coefficients,
     token_mean,
 )
 
@@ -133,3 +135,48 @@ def test_summary_shapes_and_token_means():
         np.mean([backward_gain(trace.hres[1, b, t] @ trace.hres[0, b, t])
                  for b in range(2) for t in range(5)]), rtol=1e-14)
     np.testing.assert_allclose(token_mean(np.ones((4, 2, 5, 3)), 1), np.ones((4, 3)))
+
+
+def test_summary_from_coefficients_by_hand():
+    # Two layers, two tokens, n = 2. Token 0: A then B; token 1: I then C.
+    a = np.array([[0.5, 0.5], [0.2, 0.8]])
+    b = np.array([[1.0, 0.0], [0.3, 0.7]])
+    c = np.array([[2.0, -1.0], [0.0, 1.0]])
+    hres = np.array([[a, np.eye(2)], [b, c]])
+    hpre = np.array([[[0.1, 0.9], [0.3, 0.5]], [[0.2, 0.2], [0.4, 0.6]]])
+    hpost = 2.0 - hpre
+    stats = summary_from_coefficients(hpre, hpost, hres)
+    np.testing.assert_allclose(stats["hres_mean"],
+                               [[[0.75, 0.25], [0.1, 0.9]], [[1.5, -0.5], [0.15, 0.85]]],
+                               rtol=1e-15)
+    np.testing.assert_allclose(stats["hpre_mean"], [[0.2, 0.7], [0.3, 0.4]], rtol=1e-15)
+    np.testing.assert_allclose(stats["hpost_mean"], [[1.8, 1.3], [1.7, 1.6]], rtol=1e-15)
+    # Rows of A, I, B sum to 1; rows of C to 3 and 1. Columns: A 0.7, 1.3; B 1.3, 0.7; C 2, 2.
+    np.testing.assert_allclose(stats["layer_forward_gain"], [1.0, 2.0], rtol=1e-15)
+    np.testing.assert_allclose(stats["layer_backward_gain"], [1.15, 1.65], rtol=1e-15)
+    # P_2 = B A = [[0.5, 0.5], [0.29, 0.71]] (columns 0.79, 1.21) and C I = C.
+    np.testing.assert_allclose(stats["composite_forward_gain"], [1.0, 1.0, 2.0], rtol=1e-15)
+    np.testing.assert_allclose(stats["composite_backward_gain"], [1.0, 1.15, 1.605],
+                               rtol=1e-15)
+    np.testing.assert_allclose(stats["composite_forward_gain_max"], [1.0, 1.0, 3.0],
+                               rtol=1e-15)
+    np.testing.assert_allclose(stats["composite_backward_gain_max"], [1.0, 1.3, 2.0],
+                               rtol=1e-15)
+    # Q_0 = P_2, Q_1 = Hres_2, Q_2 = I.
+    np.testing.assert_allclose(stats["to_output_forward_gain"], [2.0, 2.0, 1.0], rtol=1e-15)
+    np.testing.assert_allclose(stats["to_output_backward_gain"], [1.605, 1.65, 1.0],
+                               rtol=1e-15)
+    single = summary_from_coefficients(hpre[:, 1:].astype(np.float32),
+                                       hpost[:, 1:].astype(np.float32),
+                                       hres[:, 1:].astype(np.float32))
+    np.testing.assert_allclose(single["composite_forward_gain"], [1.0, 1.0, 3.0], rtol=1e-7)
+    assert single["composite_forward_gain"].dtype == np.float64
+
+
+def test_summary_from_coefficients_rejects_mismatched_shapes():
+    hres = np.zeros((3, 5, 2, 2))
+    with pytest.raises(ValueError, match=r"hres must be a non-empty \(L, \.\.\., n, n\)"):
+        summary_from_coefficients(np.zeros((3, 5, 2)), np.zeros((3, 5, 2)),
+                                  np.zeros((3, 5, 2, 3)))
+    with pytest.raises(ValueError, match=r"hpre \(3, 4, 2\) and hpost \(3, 5, 2\) must both"):
+        summary_from_coefficients(np.zeros((3, 4, 2)), np.zeros((3, 5, 2)), hres)
