@@ -11,6 +11,8 @@ Colour scales (fixed, so pictures from different steps and runs compare by eye):
 - ``hc`` weights are unconstrained: symmetric scale -1..1 (``RdBu_r``); values beyond
   +-1 saturate, shown by the colour bar's pointed ends.
 - In both, entries that are exactly 0 (unavailable states, pruned paths) are drawn black.
+- The multi-stream family's Hres, Hpre and Hpost have scales of their own
+  (:func:`stream_colour_scale`, :mod:`mhc_dashboard.streams`).
 """
 
 from mhc_dashboard.export import figure_to_png, figure_to_rgb, png_to_rgb, rgb_to_png, tile
@@ -23,19 +25,35 @@ from mhc_dashboard.heatmaps import (
     mixing_heatmap,
 )
 from mhc_dashboard.highway import draw_highway, highway_plot
+from mhc_dashboard.streams import (
+    composite_gain_plot,
+    draw_composite_gains,
+    draw_hres,
+    draw_stream_weights,
+    hpre_hpost_heatmaps,
+    hres_grid,
+    stream_colour_scale,
+)
 
 __all__ = [
     "colour_scale",
+    "composite_gain_plot",
+    "draw_composite_gains",
     "draw_highway",
+    "draw_hres",
     "draw_layer_history",
     "draw_mixing_heatmap",
+    "draw_stream_weights",
     "figure_to_png",
     "figure_to_rgb",
     "highway_plot",
+    "hpre_hpost_heatmaps",
+    "hres_grid",
     "layer_history_frames",
     "layer_history_heatmap",
     "mixing_heatmap",
     "png_to_rgb",
     "rgb_to_png",
+    "stream_colour_scale",
     "tile",
 ]
