@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mhc_spec.statistics import entropy
 from mhc_spec.streams.recurrence import StreamTrace
 
 
@@ -50,6 +51,16 @@ def forward_gain(matrices: np.ndarray) -> np.ndarray:
 def backward_gain(matrices: np.ndarray) -> np.ndarray:
     """max_j sum_i |M_ij| per matrix (the 1-norm): shape (...)."""
     return np.abs(np.asarray(matrices, dtype=np.float64)).sum(axis=-2).max(axis=-1)
+
+
+def row_entropy(matrices: np.ndarray) -> np.ndarray:
+    """S(p_i) = -sum_j p_ij log p_ij (nats, 0 log 0 = 0) of each row's share
+    p_ij = |M_ij| / sum_k |M_ik|, shape (..., n); a zero row has entropy 0.
+
+    How many input streams each output stream draws on: 0 for a permutation, log n for
+    uniform mixing. Rows of a Sinkhorn Hres sum to 1, so there p_i is the row itself; the
+    absolute shares give hc's signed rows the same reading."""
+    return entropy(np.asarray(matrices, dtype=np.float64), mode="hc")
 
 
 def token_mean(values: np.ndarray, trailing: int) -> np.ndarray:

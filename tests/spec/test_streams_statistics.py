@@ -14,6 +14,7 @@ from mhc_spec.streams import (
     init_parameters,
     layer_forward,
     parameter_shapes,
+    row_entropy,
     summary,
     summary_from_coefficients,
     token_mean,
@@ -180,3 +181,14 @@ def test_summary_from_coefficients_rejects_mismatched_shapes():
                                   np.zeros((3, 5, 2, 3)))
     with pytest.raises(ValueError, match=r"hpre \(3, 4, 2\) and hpost \(3, 5, 2\) must both"):
         summary_from_coefficients(np.zeros((3, 4, 2)), np.zeros((3, 5, 2)), hres)
+
+
+def test_row_entropy_by_hand():
+    # Rows: a permutation row (0), uniform over 2 (log 2), uniform over 4 (log 4), and signed
+    # [0.5, -0.5, 0, 0] whose shares are [1/2, 1/2, 0, 0] (log 2); a zero row has entropy 0.
+    m = np.array([[0.0, 1.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0], [0.25] * 4, [0.5, -0.5, 0, 0]])
+    np.testing.assert_allclose(row_entropy(m), [0.0, np.log(2), np.log(4), np.log(2)],
+                               atol=1e-15)
+    np.testing.assert_array_equal(row_entropy(np.zeros((3, 2, 2))), np.zeros((3, 2)))
+    p = np.array([[0.7, 0.2, 0.1]])
+    np.testing.assert_allclose(row_entropy(2 * p), -(p * np.log(p)).sum(axis=-1), rtol=1e-15)
