@@ -20,7 +20,8 @@ import time
 from benchmarks import machine, report
 from benchmarks.results_io import RESULTS_DIR, write_result
 
-SECTIONS = ("torch_speed", "torch_memory", "lightning_overhead", "jax_speed", "jax_compile")
+SECTIONS = ("torch_speed", "torch_memory", "lightning_overhead", "jax_speed", "jax_compile",
+            "torch_streams")
 QUIET_FOR_S = 60.0
 POLL_S = 30.0
 GIVE_UP_S = 25 * 60.0

@@ -189,11 +189,12 @@ def findings_section() -> list[str]:
 
 
 def render(results: Results) -> str:
-    from benchmarks import jax_report
+    from benchmarks import jax_report, streams_report
 
     sections = [header_section(results), targets_section(results),
                 torch_speed_section(results), peer_section(results), memory_section(results),
-                lightning_section(results), jax_report.section(results), findings_section()]
+                lightning_section(results), jax_report.section(results),
+                streams_report.section(results), findings_section()]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from benchmarks.stream_stacks import OUR_TARGET, RESIDUAL
 from benchmarks.torch_stacks import KINDS, SHAPES, shape_label
 
 Results = dict[str, dict]
@@ -141,6 +142,38 @@ def jax_compile_target(results: Results, limit: float = 1.5) -> Outcome:
                    ratio <= limit)
 
 
+def stream_medians(results: Results) -> dict[str, float]:
+    """{variant: median seconds} of the torch_streams section (empty if it did not run)."""
+    return {t["name"]: t["median_s"] for t in results.get("torch_streams", {}).get("timings", [])}
+
+
+def stream_residual_target(results: Results, limit: float = 2.0) -> Outcome:
+    medians = stream_medians(results)
+    ratios = ({"ours mhc": medians[OUR_TARGET] / medians[RESIDUAL]}
+              if OUR_TARGET in medians and RESIDUAL in medians else {})
+    return _ratio_target(f"streams: ours <= {limit:.1f}x residual (n=4, dynamic, T=20, eager; "
+                         "24 x Linear(512, 512), batch 256)", ratios, limit)
+
+
+def stream_peer_speedups(results: Results) -> dict[str, float]:
+    """{peer variant: its median / the median of ours (n=4, dynamic, T=20)}."""
+    medians = stream_medians(results)
+    if OUR_TARGET not in medians:
+        return {}
+    return {name: median / medians[OUR_TARGET] for name, median in medians.items()
+            if name.startswith("peer ")}
+
+
+def stream_peer_target(results: Results) -> Outcome:
+    text = ("streams: ours faster than every hyper-connections 0.4.11 variant (n=4, dynamic, "
+            "T=20, eager)")
+    speedups = stream_peer_speedups(results)
+    if not speedups:
+        return Outcome(text, "no data", None)
+    measured = ", ".join(f"{name} {value:.2f}x" for name, value in speedups.items())
+    return Outcome(text, f"speed-up: {measured}", min(speedups.values()) > 1.0)
+
+
 def evaluate(results: Results) -> list[Outcome]:
     """Every target of the issue, in the issue's order."""
     return [
@@ -152,4 +185,6 @@ def evaluate(results: Results) -> list[Outcome]:
         callback_target(results),
         jax_step_target(results),
         jax_compile_target(results),
+        stream_residual_target(results),
+        stream_peer_target(results),
     ]

@@ -139,6 +139,8 @@ def test_targets_from_synthetic_results() -> None:
         "callback overhead on non-logging steps <= 2%": False,
         "JAX jitted step <= 1.10x jitted residual": None,
         "scan compile time at depth 200 <= 1.5x depth 25": True,
+        "streams: ours <= 2.0x residual": None,             # torch_streams did not run
+        "streams: ours faster than every hyper-connections 0.4.11 variant": None,
     }
     text = render(results)
     assert "**MISSED**" in text and "**not measured**" in text

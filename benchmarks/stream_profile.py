@@ -1,0 +1,135 @@
+"""Where a stream stack's step goes: torch.profiler time split into the parts of an mHC layer
+(branch, coefficient projection, Sinkhorn, stream mix), per layer and step.
+
+The profiler runs with ``with_stack=True``, which records every Python call as an event with
+the aten operators it runs as children, so each event can be named by the innermost Python
+function (or operator) that matches a :data:`RULES` pattern. Operators run by the autograd
+engine have no Python caller; each backward node carries the ``sequence_nr`` of the forward
+operator that created it, so it takes that operator's part. Every event's *self* time is
+counted once, so the parts add up to the profiled step (Python interpreter time included,
+in the part of the function it was spent in).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile, record_function
+
+BRANCH = "branch F (Linear)"
+COEFFICIENTS = "coefficient projection"
+SINKHORN = "Sinkhorn"
+MIX = "stream mix"
+OTHER = "other"
+PARTS = (BRANCH, COEFFICIENTS, SINKHORN, MIX, OTHER)
+
+# (lower-case substring of an event name, part); checked from the innermost event outwards,
+# the first hit decides. Python events are named "path/file.py(line): function".
+RULES: tuple[tuple[str, str], ...] = (
+    ("torch/nn/modules/linear.py", BRANCH),
+    ("sinkhorn", SINKHORN),
+    ("coefficient", COEFFICIENTS),
+    ("aten::rms_norm", COEFFICIENTS),
+    ("mhc_torch/streams/", MIX),
+    ("benchmarks/torch_stacks.py", MIX),   # the residual stack's h + F(h)
+)
+FORWARD_SCOPE = "mhc_bench.forward"
+BACKWARD_SCOPE = "mhc_bench.backward"
+BACKWARD_NODE = "autograd::engine::evaluate_function:"
+
+
+def _match(name: str, rules: Iterable[tuple[str, str]]) -> str | None:
+    lowered = name.lower()
+    return next((part for pattern, part in rules if pattern in lowered), None)
+
+
+def _scope_of(event) -> str | None:
+    node = event
+    while node is not None:
+        if node.name in (FORWARD_SCOPE, BACKWARD_SCOPE):
+            return node.name
+        node = node.cpu_parent
+    return None
+
+
+def classify(event, forward_parts: dict[int, str],
+             rules: Iterable[tuple[str, str]] = RULES) -> str:
+    """The part an event's self time belongs to: the first rule matching it or an enclosing
+    event; inside a backward node with no matching Python caller, the part of the forward
+    operator with the node's ``sequence_nr``; otherwise :data:`OTHER`."""
+    node = event
+    while node is not None:
+        part = _match(node.name, rules)
+        if part is not None:
+            return part
+        if node.name.startswith(BACKWARD_NODE):
+            return forward_parts.get(node.sequence_nr, OTHER)
+        node = node.cpu_parent
+    return OTHER
+
+
+def forward_parts(events, rules: Iterable[tuple[str, str]] = RULES) -> dict[int, str]:
+    """{sequence_nr: part} of the operators run inside :data:`FORWARD_SCOPE`."""
+    rules = tuple(rules)
+    return {event.sequence_nr: classify(event, {}, rules) for event in events
+            if event.sequence_nr >= 0 and _scope_of(event) == FORWARD_SCOPE}
+
+
+def breakdown(events, steps: int, depth: int,
+              rules: Iterable[tuple[str, str]] = RULES) -> dict[str, object]:
+    """Per-layer, per-step microseconds and aten operator calls of each part, plus the
+    profiled wall time per step (forward and backward scopes)."""
+    rules = tuple(rules)
+    scoped = [(event, _scope_of(event)) for event in events]
+    parts_by_sequence = forward_parts(events, rules)
+    micros: dict[str, float] = defaultdict(float)
+    operators: dict[str, int] = defaultdict(int)
+    wall = 0.0
+    for event, scope in scoped:
+        if scope is None:
+            continue
+        if event.name in (FORWARD_SCOPE, BACKWARD_SCOPE):
+            wall += event.cpu_time_total
+        part = classify(event, parts_by_sequence, rules)
+        micros[part] += event.self_cpu_time_total
+        operators[part] += event.name.startswith("aten::")
+    per_layer = steps * depth
+    return {
+        "steps": steps,
+        "depth": depth,
+        "wall_us_per_step": wall / steps,
+        "parts": {part: {"us_per_layer": micros[part] / per_layer,
+                         "aten_calls_per_layer": operators[part] / per_layer}
+                  for part in PARTS},
+    }
+
+
+def profile_steps(model: nn.Module, x: torch.Tensor, g: torch.Tensor, steps: int,
+                  warmup: int = 2) -> list:
+    """The profiler events of ``steps`` forward+backward steps (gradients cleared between)."""
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        with record_function(FORWARD_SCOPE):
+            y = model(x)
+        with record_function(BACKWARD_SCOPE):
+            y.backward(g)
+
+    for _ in range(warmup):
+        step()
+    with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
+        for _ in range(steps):
+            step()
+    return list(prof.events())
+
+
+def profile_breakdown(model: nn.Module, x: torch.Tensor, g: torch.Tensor, steps: int,
+                      depth: int, log: Callable[[str], object] = print) -> dict[str, object]:
+    """:func:`breakdown` of :func:`profile_steps`."""
+    result = breakdown(profile_steps(model, x, g, steps), steps, depth)
+    parts = ", ".join(f"{part} {value['us_per_layer']:.0f}"
+                      for part, value in result["parts"].items())
+    log(f"  profile: {result['wall_us_per_step'] / 1e3:.1f} ms/step; us per layer: {parts}")
+    return result
