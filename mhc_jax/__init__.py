@@ -7,6 +7,10 @@
   TensorBoard and Matplotlib): the dashboard's numbers and pictures;
   :mod:`mhc_jax.parallel`: data-parallel train steps (pmap, shard_map); :mod:`mhc_jax.portable`:
   parameter exchange with PyTorch; ``python -m mhc_jax.demo``: the digits demo.
+- :mod:`mhc_jax.streams`: the multi-stream family (DeepSeek mHC): :class:`StreamSequential`,
+  :class:`StreamLayer`, :func:`expand_streams`, :class:`StreamReduce`,
+  :func:`stream_statistics`; its parameter exchange is ``mhc_jax.streams.export_portable``
+  and ``load_portable``.
 """
 
 from mhc_jax.history import History
@@ -20,6 +24,14 @@ from mhc_jax.statistics import (
     mixing_statistics,
     state_gradients,
 )
+from mhc_jax.streams import (
+    StreamLayer,
+    StreamOutput,
+    StreamReduce,
+    StreamSequential,
+    expand_streams,
+    stream_statistics,
+)
 
 __all__ = [
     "Highway",
@@ -29,9 +41,15 @@ __all__ = [
     "MHCSkip",
     "MixingStatistics",
     "StackOutput",
+    "StreamLayer",
+    "StreamOutput",
+    "StreamReduce",
+    "StreamSequential",
+    "expand_streams",
     "export_portable",
     "highway",
     "load_portable",
     "mixing_statistics",
     "state_gradients",
+    "stream_statistics",
 ]
