@@ -3,7 +3,8 @@
 Shared by the PyTorch Lightning callback (:mod:`mhc_torch.callback`) and the JAX monitor;
 it imports neither framework. Every function takes host NumPy arrays and returns a
 Matplotlib :class:`~matplotlib.figure.Figure` built without ``pyplot`` (no global figure
-registry to leak into), or encoded pixels.
+registry to leak into), or encoded pixels; :mod:`mhc_dashboard.stream_readings` also
+defines the multi-stream family's logged tags once for both backends.
 
 Colour scales (fixed, so pictures from different steps and runs compare by eye):
 
@@ -25,6 +26,16 @@ from mhc_dashboard.heatmaps import (
     mixing_heatmap,
 )
 from mhc_dashboard.highway import draw_highway, highway_plot
+from mhc_dashboard.stream_readings import (
+    MAX_SUMMARY_TOKENS,
+    StreamReading,
+    read_streams,
+    sample_tokens,
+    stream_colour_mode,
+    stream_comparison,
+    stream_pictures,
+    stream_scalars,
+)
 from mhc_dashboard.streams import (
     composite_gain_plot,
     draw_composite_gains,
@@ -36,6 +47,8 @@ from mhc_dashboard.streams import (
 )
 
 __all__ = [
+    "MAX_SUMMARY_TOKENS",
+    "StreamReading",
     "colour_scale",
     "composite_gain_plot",
     "draw_composite_gains",
@@ -53,7 +66,13 @@ __all__ = [
     "layer_history_heatmap",
     "mixing_heatmap",
     "png_to_rgb",
+    "read_streams",
     "rgb_to_png",
+    "sample_tokens",
+    "stream_colour_mode",
     "stream_colour_scale",
+    "stream_comparison",
+    "stream_pictures",
+    "stream_scalars",
     "tile",
 ]
