@@ -72,33 +72,39 @@ def stream_colour_mode(config: StreamConfig) -> str:
 @dataclass(frozen=True)
 class StreamReading:
     """One stream stack's numbers at one logging step, host float64: ``summary`` of
-    :func:`mhc_spec.streams.summary_from_coefficients`, ``entropy`` (L,) the token-mean
-    row entropy of each Hres_l, and ``grad_norms`` by mixing parameter name."""
+    :func:`mhc_spec.streams.summary_from_coefficients` and ``entropy`` (L,), the token-mean
+    row entropy of each Hres_l (both None when no coefficients were read), and
+    ``grad_norms`` by mixing parameter name."""
 
     name: str
     kind: str
     mode: str
-    summary: dict[str, np.ndarray]
-    entropy: np.ndarray
+    summary: dict[str, np.ndarray] | None
+    entropy: np.ndarray | None
     grad_norms: dict[str, float] = field(default_factory=dict)
 
 
-def read_streams(name: str, config: StreamConfig, hpre: np.ndarray, hpost: np.ndarray,
-                 hres: np.ndarray, grad_norms: Mapping[str, float] | None = None
-                 ) -> StreamReading:
-    """The reading of stack ``name`` from host Hpre, Hpost (L, ..., n), Hres (L, ..., n, n)."""
-    summary = summary_from_coefficients(hpre, hpost, hres)
-    entropy = token_mean(row_entropy(hres), 1).mean(axis=1)
+def read_streams(name: str, config: StreamConfig,
+                 coefficients: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+                 grad_norms: Mapping[str, float] | None = None) -> StreamReading:
+    """The reading of stack ``name`` from host coefficients (Hpre, Hpost (L, ..., n), Hres
+    (L, ..., n, n)), or None when only gradient norms were read."""
+    summary = entropy = None
+    if coefficients is not None:
+        hpre, hpost, hres = coefficients
+        summary = summary_from_coefficients(hpre, hpost, hres)
+        entropy = token_mean(row_entropy(hres), 1).mean(axis=1)
     return StreamReading(name=name, kind=config.kind, mode=stream_colour_mode(config),
                          summary=summary, entropy=entropy, grad_norms=dict(grad_norms or {}))
 
 
 def stream_scalars(base: str, reading: StreamReading, *, mixing: bool = True,
                    entropy: bool = True, gradients: bool = True) -> dict[str, float]:
-    """Every scalar of the module docstring's table for the groups asked for, by tag."""
+    """Every scalar of the module docstring's table for the groups asked for (and read),
+    by tag."""
     s = reading.summary
     values: dict[str, float] = {}
-    if mixing:
+    if mixing and s is not None:
         for direction in ("forward", "backward"):
             composite = s[f"composite_{direction}_gain"]
             values[f"{base}/composite_{direction}_gain"] = float(composite[-1])
@@ -109,7 +115,7 @@ def stream_scalars(base: str, reading: StreamReading, *, mixing: bool = True,
                     composite[layer])
                 values[f"{base}/layer_{direction}_gain/layer_{layer}"] = float(
                     s[f"layer_{direction}_gain"][layer - 1])
-    if entropy:
+    if entropy and reading.entropy is not None:
         for layer, value in enumerate(reading.entropy, start=1):
             values[f"{base}/hres_entropy/layer_{layer}"] = float(value)
         values[f"{base}/hres_entropy/mean"] = float(reading.entropy.mean())
@@ -120,8 +126,11 @@ def stream_scalars(base: str, reading: StreamReading, *, mixing: bool = True,
 
 
 def stream_pictures(base: str, reading: StreamReading, step: int) -> dict[str, np.ndarray]:
-    """The mixing group's pictures of one stack as uint8 RGB arrays, by tag."""
+    """The mixing group's pictures of one stack as uint8 RGB arrays, by tag (none without
+    coefficients)."""
     s, label = reading.summary, f"{base} ({reading.kind})"
+    if s is None:
+        return {}
     return {
         f"{base}/hres": figure_to_rgb(hres_grid(
             s["hres_mean"], title=f"{label}: Hres, step {step}", mode=reading.mode)),
@@ -134,8 +143,9 @@ def stream_pictures(base: str, reading: StreamReading, step: int) -> dict[str, n
 
 def stream_comparison(readings: Sequence[StreamReading], step: int) -> np.ndarray:
     """The composite gains of several stacks in one picture, each labelled "name (kind)"."""
+    readings = [r for r in readings if r.summary is not None]
     if not readings:
-        raise ValueError("readings must hold at least one stream reading.")
+        raise ValueError("readings must hold at least one stream reading with coefficients.")
     summaries = {f"{r.name} ({r.kind})": r.summary for r in readings}
     return figure_to_rgb(composite_gain_plot(
         summaries, title=f"composite gain of every stream stack, step {step}"))

@@ -29,8 +29,8 @@ def hand_reading(name="net", config=None, grad_norms=None):
     # Two layers, two tokens: token 0 passes A then B, token 1 passes I then C.
     hres = np.array([[A, np.eye(2)], [B, C]])
     hpre = np.full((2, 2, 2), 0.5)
-    return read_streams(name, config or StreamConfig(streams=2, mode="hc"), hpre,
-                        2 * hpre, hres, grad_norms)
+    return read_streams(name, config or StreamConfig(streams=2, mode="hc"),
+                        (hpre, 2 * hpre, hres), grad_norms)
 
 
 def test_sample_tokens_keeps_every_kth_flattened_token():
@@ -106,5 +106,12 @@ def test_comparison_overlays_every_stack():
                                 "hc_net (hc)": hc.summary},
                                title="composite gain of every stream stack, step 3")
     np.testing.assert_array_equal(picture, figure_to_rgb(want))
-    with pytest.raises(ValueError, match="readings must hold at least one"):
-        stream_comparison([], step=0)
+    gradients_only = read_streams("g", StreamConfig(), None, {"b_pre": 1.0})
+    with pytest.raises(ValueError, match="readings must hold at least one stream reading"):
+        stream_comparison([gradients_only], step=0)
+
+
+def test_a_reading_without_coefficients_has_gradient_norms_only():
+    reading = read_streams("net", StreamConfig(), None, {"b_pre": 1.5})
+    assert stream_scalars("p/net", reading) == {"p/net/grad_norm/b_pre": 1.5}
+    assert stream_pictures("p/net", reading, step=0) == {}
