@@ -32,8 +32,11 @@ CASES = load_vectors(default_directory())
 
 
 def make_block(kind: str, width: int, dtype, rngs: nnx.Rngs) -> nnx.Module:
-    """The spec's block kinds: ``linear`` f(u) = u W^T + b, ``tanh_linear`` tanh of it."""
-    linear = nnx.Linear(width, width, param_dtype=dtype, rngs=rngs)
+    """The spec's block kinds: ``linear`` f(u) = u W^T + b, ``tanh_linear`` tanh of it
+    (initialised to zeros: ``load_portable`` sets every array, and a random initialiser
+    would compile for every shape)."""
+    linear = nnx.Linear(width, width, param_dtype=dtype, kernel_init=nnx.initializers.zeros,
+                        rngs=rngs)
     return linear if kind == "linear" else nnx.Sequential(linear, jnp.tanh)
 
 
