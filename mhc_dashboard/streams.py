@@ -25,6 +25,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
+from matplotlib.ticker import MaxNLocator
 
 from mhc_spec.config import check_choice
 from mhc_spec.streams.config import STREAM_MODES
@@ -38,6 +39,8 @@ MAX_ANNOTATED_CELLS = 64
 MAX_GRID_COLUMNS = 6
 MAX_TICKS = 8
 MAX_MARKED_POINTS = 40
+# The gain axes always show at least 1 / GAIN_MARGIN .. GAIN_MARGIN.
+GAIN_MARGIN = 2.0
 # Text on a cell turns white below this luminance of the cell's colour.
 DARK_LUMINANCE = 0.5
 
@@ -211,16 +214,32 @@ def _as_gain(label: str, key: str, summary: Mapping[str, np.ndarray]) -> np.ndar
 
 def draw_composite_gains(ax: Axes, curves: Mapping[str, np.ndarray], ylabel: str) -> None:
     """Plot each labelled gain curve (L+1,) against l = 0..L on ``ax``, with the value 1
-    dashed for reference and a log y-axis when every value is finite and > 0."""
+    dashed for reference and a log y-axis when every value is finite and > 0. The y-range
+    always holds [1 / GAIN_MARGIN, GAIN_MARGIN], so gains that stay at 1 up to rounding
+    draw a flat line rather than an axis zoomed into float32 noise."""
     finite_positive = True
+    low, high = 1.0, 1.0
     for label, gains in curves.items():
         layers = np.arange(gains.size)
+        finite = gains[np.isfinite(gains)]
+        text = f"{label}: {gains[-1]:.3g} at l = {gains.size - 1}"
+        if finite.size < gains.size:
+            text += f" ({gains.size - finite.size} non-finite, not drawn)"
         ax.plot(layers, gains, marker="o" if gains.size <= MAX_MARKED_POINTS else None,
-                markersize=3, label=f"{label}: {gains[-1]:.3g} at l = {gains.size - 1}")
-        finite_positive = finite_positive and bool(np.all(np.isfinite(gains) & (gains > 0)))
+                markersize=3, label=text)
+        finite_positive = finite_positive and finite.size == gains.size and bool(
+            np.all(gains > 0))
+        if finite.size:
+            low, high = min(low, finite.min()), max(high, finite.max())
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
     if finite_positive:
         ax.set_yscale("log")
+        ax.set_ylim(low / GAIN_MARGIN, high * GAIN_MARGIN)
+    else:
+        span = high - low
+        ax.set_ylim(min(low, 1.0 / GAIN_MARGIN) - 0.05 * span,
+                    max(high, GAIN_MARGIN) + 0.05 * span)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer l ($P_l = H^{res}_l \\cdots H^{res}_1$, $P_0 = I$)")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
@@ -238,7 +257,7 @@ def composite_gain_plot(summaries: Mapping[str, Mapping[str, np.ndarray]],
     panels = (("composite_forward_gain", "forward gain (max abs row sum)"),
               ("composite_backward_gain", "backward gain (max abs column sum)"))
     for index, (key, ylabel) in enumerate(panels):
-        ax = fig.add_axes((0.08 + 0.5 * index, 0.15, 0.4, 0.68))
+        ax = fig.add_axes((0.1 + 0.5 * index, 0.15, 0.38, 0.68))
         curves = {label: _as_gain(label, key, s) for label, s in summaries.items()}
         draw_composite_gains(ax, curves, ylabel)
     fig.suptitle(title, fontsize=10)

@@ -21,17 +21,24 @@ from lightning.pytorch.loggers import (
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from mhc_dashboard import (
+    StreamReading,
     figure_to_rgb,
     highway_plot,
     layer_history_frames,
     mixing_heatmap,
+    read_streams,
     rgb_to_png,
+    sample_tokens,
+    stream_comparison,
+    stream_pictures,
+    stream_scalars,
 )
 from mhc_spec.config import check_bool, check_int
 from mhc_spec.projections import window_size
 from mhc_spec.statistics import amplification, attenuation, entropy, skip_gain
 from mhc_torch.history import reset_history
 from mhc_torch.sequential import MHCSequential, iter_mhc_modules
+from mhc_torch.streams import StreamSequential
 
 # Per-layer weight histories keep at most this many logged steps; beyond it every second
 # entry is dropped, so a long run keeps an evenly thinned record in bounded memory.
@@ -69,8 +76,16 @@ class _WeightHistory:
             self.weights = self.weights[::2]
 
 
+def iter_stream_modules(model: torch.nn.Module) -> Iterator[tuple[str, StreamSequential]]:
+    """(qualified name, module) for every StreamSequential inside ``model``, nested included."""
+    for name, module in model.named_modules():
+        if isinstance(module, StreamSequential):
+            yield name, module
+
+
 class MHCLightningCallback(Callback):
-    """Resets every MHC history buffer per batch and logs a stability dashboard.
+    """Resets every MHC history buffer per batch and logs a stability dashboard, also for
+    the multi-stream stacks (:class:`~mhc_torch.StreamSequential`) of the LightningModule.
 
     **Resets.** On every rank, at the start of each train, validation, test and predict
     batch, every :class:`~mhc_torch.MHCSequential` inside the LightningModule (nested ones
@@ -128,10 +143,30 @@ class MHCLightningCallback(Callback):
     epoch, log_mixing_weights; beyond MAX_HISTORY_STEPS logged steps every second one is
     dropped).
 
+    **Stream stacks.** On a logging step every :class:`~mhc_torch.StreamSequential` (nested
+    ones included) records the coefficients of its forward: the callback sets
+    ``record_coefficients = True`` at the step's batch start and back to False at its batch
+    end (so with gradient accumulation the first micro-batch is read), takes
+    ``recorded_coefficients`` in ``on_before_optimizer_step`` and sets it to None; other
+    steps record nothing. At most :data:`mhc_dashboard.MAX_SUMMARY_TOKENS` tokens (evenly
+    strided) are copied to host, where :func:`mhc_spec.streams.summary_from_coefficients`
+    turns them into the tags of :mod:`mhc_dashboard.stream_readings` under ``P/M/``:
+    composite and per-layer forward / backward gains (log_mixing_weights), the row entropy
+    of each Hres (log_entropy; streams have no history weights, so this is their mixing
+    entropy) and ``P/M/grad_norm/<name>`` of each mixing parameter (log_gradients; no
+    recording needed). Pictures (log_mixing_weights): ``P/M/hres`` (each layer's
+    token-mean Hres), ``P/M/hpre_hpost`` and ``P/M/composite_gain``; with two or more stream
+    stacks in the LightningModule (an mhc one and an hc one, say), ``P/composite_gain``
+    overlays their gains, which shows the difference the manifold makes. While it logs,
+    the callback owns ``record_coefficients``.
+
     Args:
-        log_mixing_weights: log the weights, gates, skip gain, amplification and heatmaps.
-        log_entropy: log the entropy of each layer's weights and its mean.
-        log_gradients: log the highway profile, attenuation and the logits' gradient norm.
+        log_mixing_weights: log the weights, gates, skip gain, amplification and heatmaps
+            (stream stacks: the gains and the Hres, Hpre / Hpost and gain pictures).
+        log_entropy: log the entropy of each layer's weights and its mean (stream stacks:
+            of each Hres's rows).
+        log_gradients: log the highway profile, attenuation and the logits' gradient norm
+            (stream stacks: the norm of each mixing parameter's gradient).
         log_every_n_steps: logging period in optimizer steps; None = the trainer's.
         rank_zero_only: log only global rank 0's values (False: every rank's, tagged).
         prefix: first component of every tag.
@@ -163,6 +198,8 @@ class MHCLightningCallback(Callback):
         self.prefix = prefix
         self._pending_step: int | None = None
         self._armed: list[MHCSequential] = []
+        self._recording: list[StreamSequential] = []
+        self._recording_step: int | None = None
         self._histories: dict[str, _WeightHistory] = {}
 
     @property
@@ -172,12 +209,17 @@ class MHCLightningCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._pending_step = None
         self._armed = []
+        self._drop_recordings()
         self._histories = {}
 
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._drop_recordings()
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if next(iter_mhc_modules(pl_module), None) is None:
-            rank_zero_warn("MHCLightningCallback: the LightningModule holds no MHCSequential; "
-                           "there is nothing to reset or log.")
+        if (next(iter_mhc_modules(pl_module), None) is None
+                and next(iter_stream_modules(pl_module), None) is None):
+            rank_zero_warn("MHCLightningCallback: the LightningModule holds no MHCSequential "
+                           "or StreamSequential; there is nothing to reset or log.")
         elif self._logs_anything and not trainer.loggers:
             rank_zero_warn("MHCLightningCallback: the trainer has no logger, so the "
                            "dashboard is not recorded (history is still reset).")
@@ -190,6 +232,8 @@ class MHCLightningCallback(Callback):
         if self._armed:
             self._disarm()
         step = trainer.global_step
+        if self._recording and step != self._recording_step:
+            self._drop_recordings()  # a step whose optimizer never stepped
         if step == self._pending_step or not self._reads_at(trainer, step):
             return
         self._pending_step = step
@@ -197,6 +241,18 @@ class MHCLightningCallback(Callback):
             for _, module in iter_mhc_modules(pl_module):
                 module.capture_highway()
                 self._armed.append(module)
+        if self.log_mixing_weights or self.log_entropy:
+            for _, stack in iter_stream_modules(pl_module):
+                stack.record_coefficients = True
+                self._recording.append(stack)
+            self._recording_step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        # The record stays until on_before_optimizer_step takes it; later micro-batches of
+        # an accumulating step (and validation) must not overwrite it.
+        for stack in self._recording:
+            stack.record_coefficients = False
 
     def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                   batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -221,6 +277,12 @@ class MHCLightningCallback(Callback):
         every = self.log_every_n_steps or trainer.log_every_n_steps
         return step % every == 0
 
+    def _drop_recordings(self) -> None:
+        for stack in self._recording:
+            stack.record_coefficients = False
+            stack.recorded_coefficients = None
+        self._recording = []
+
     def _disarm(self) -> list[torch.Tensor | None]:
         profiles = [module.pop_highway() for module in self._armed]
         self._armed = []
@@ -232,11 +294,41 @@ class MHCLightningCallback(Callback):
             return
         step, self._pending_step = self._pending_step, None
         profiles = dict(zip(map(id, self._armed), self._disarm(), strict=True))
-        readings = [self._read(name, module, profiles.get(id(module)))
-                    for name, module in iter_mhc_modules(pl_module)]
+        readings: list[_Reading | StreamReading] = [
+            self._read(name, module, profiles.get(id(module)))
+            for name, module in iter_mhc_modules(pl_module)]
+        readings += self._read_streams(pl_module)
         for rank, rank_readings in self._gather(trainer, readings):
             for reading in rank_readings:
-                self._emit(trainer, rank, reading, step)
+                if isinstance(reading, StreamReading):
+                    self._emit_streams(trainer, rank, reading, step)
+                else:
+                    self._emit(trainer, rank, reading, step)
+            recorded = [r for r in rank_readings
+                        if isinstance(r, StreamReading) and r.summary is not None]
+            if self.log_mixing_weights and len(recorded) > 1:
+                _log_image(trainer, self._base(rank, "composite_gain"), step,
+                           stream_comparison(recorded, step))
+
+    @torch.no_grad()
+    def _read_streams(self, pl_module: pl.LightningModule) -> list[StreamReading]:
+        """The stream stacks' readings; their records are taken and recording stops."""
+        recorded = {}
+        for stack in self._recording:
+            record, stack.recorded_coefficients = stack.recorded_coefficients, None
+            stack.record_coefficients = False
+            if record is not None:
+                recorded[id(stack)] = tuple(
+                    _host(sample_tokens(values, trailing))
+                    for values, trailing in zip(record, (1, 1, 2), strict=True))
+        self._recording = []
+        readings = []
+        for name, stack in iter_stream_modules(pl_module):
+            grad_norms = _mixing_grad_norms(stack) if self.log_gradients else {}
+            coefficients = recorded.get(id(stack))
+            if coefficients is not None or grad_norms:
+                readings.append(read_streams(name, stack.config, coefficients, grad_norms))
+        return readings
 
     @torch.no_grad()
     def _read(self, name: str, module: MHCSequential,
@@ -288,6 +380,18 @@ class MHCLightningCallback(Callback):
             _log_image(trainer, f"{base}/highway", step, figure_to_rgb(highway_plot(
                 reading.profile, title=f"{base} ({reading.kind}): highway, step {step}")))
 
+    def _emit_streams(self, trainer: pl.Trainer, rank: int | None, reading: StreamReading,
+                      step: int) -> None:
+        base = self._base(rank, reading.name)
+        metrics = stream_scalars(base, reading, mixing=self.log_mixing_weights,
+                                 entropy=self.log_entropy, gradients=self.log_gradients)
+        if metrics:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
+        if self.log_mixing_weights:
+            for tag, rgb in stream_pictures(base, reading, step).items():
+                _log_image(trainer, tag, step, rgb)
+
     def _scalars(self, base: str, reading: _Reading) -> dict[str, float]:
         a = reading.weights
         depth, h = a.shape
@@ -317,6 +421,7 @@ class MHCLightningCallback(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._armed:
             self._disarm()
+        self._drop_recordings()
         step = trainer.global_step
         for base, history in self._histories.items():
             frames = layer_history_frames(
@@ -329,6 +434,17 @@ class MHCLightningCallback(Callback):
 
 def _host(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+
+def _mixing_grad_norms(stack: StreamSequential) -> dict[str, float]:
+    """||grad|| of each mixing parameter of ``stack`` that has one (not the blocks'), by its
+    short name (``phi_res``, ``reduce_logits``, ...), copied to host at once."""
+    grads = {name.rsplit(".", 1)[-1]: param.grad for name, param in stack.named_parameters()
+             if not name.startswith("blocks.") and param.grad is not None}
+    if not grads:
+        return {}
+    norms = torch.stack([torch.linalg.vector_norm(g.double()) for g in grads.values()])
+    return dict(zip(grads, norms.cpu().tolist(), strict=True))
 
 
 def _image_dir(trainer: pl.Trainer, logger: Logger) -> str:

@@ -138,3 +138,24 @@ def test_stream_pictures_validate_their_arguments():
     with pytest.raises(ValueError, match="composite_forward_gain of 'mhc' must be a 1-D"):
         composite_gain_plot({"mhc": {"composite_forward_gain": np.ones(1),
                                      "composite_backward_gain": np.ones(1)}})
+
+
+def test_gains_at_one_up_to_rounding_draw_a_flat_line():
+    # float32 rounding must not zoom the axis: it always spans at least 1/2 .. 2.
+    flat = {"composite_forward_gain": 1 + np.array([0.0, 1e-7, -1e-7, 3e-7]),
+            "composite_backward_gain": np.array([1.0, 1.02, 1.05, 1.1])}
+    fig = composite_gain_plot({"mhc": flat})
+    for ax in fig.axes:
+        low, high = ax.get_ylim()
+        assert low <= 0.5 and high >= 2.0
+        assert [t for t in ax.get_xticks() if 0 <= t <= 3] == [0, 1, 2, 3]  # layers only
+
+
+def test_non_finite_gains_are_named_in_the_legend():
+    diverged = {"composite_forward_gain": np.array([1.0, np.inf, np.nan]),
+                "composite_backward_gain": np.array([1.0, 2.0, 4.0])}
+    forward_ax, backward_ax = composite_gain_plot({"hc": diverged}).axes
+    assert forward_ax.get_yscale() == "linear" and backward_ax.get_yscale() == "log"
+    assert [t.get_text() for t in forward_ax.get_legend().get_texts()] == [
+        "hc: nan at l = 2 (2 non-finite, not drawn)"]
+    assert np.isfinite(forward_ax.get_ylim()).all()
