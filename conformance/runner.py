@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from conformance.backends import Backend, Case
-from conformance.tolerances import RTOL, errors, tolerance
+from conformance.tolerances import RTOL, errors, shared_scale, tolerance
 from mhc_spec.streams.vectors import StreamCase
 
 
@@ -66,13 +66,21 @@ class Cell:
 
 def compare_case(case: Case, outputs: Mapping[str, np.ndarray]) -> list[Check]:
     """Every expected quantity of ``case`` against a backend's ``outputs``; a missing
-    quantity fails."""
+    quantity fails. Parts of one vector share its scale (:func:`shared_scale`)."""
+    expected = flatten_expected(case.expected)
+    scales: dict[str, float] = {}
+    for quantity, want in expected.items():
+        prefix = shared_scale(quantity)
+        if prefix is not None:
+            scales[prefix] = max(scales.get(prefix, 0.0),
+                                 float(np.max(np.abs(want), initial=0.0)))
     checks = []
-    for quantity, want in flatten_expected(case.expected).items():
+    for quantity, want in expected.items():
         if quantity not in outputs:
             checks.append(Check(case.name, quantity, np.inf, np.inf, False))
             continue
-        absolute, relative = errors(outputs[quantity], want)
+        scale = scales.get(shared_scale(quantity) or "")
+        absolute, relative = errors(outputs[quantity], want, scale)
         rtol = tolerance(case.name, quantity, case.dtype)
         checks.append(Check(case.name, quantity, absolute, relative, relative <= rtol))
     return checks

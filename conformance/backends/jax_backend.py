@@ -1,5 +1,6 @@
 """mhc_jax under test: ``MHCSequential`` built from a list of blocks (Python loop) or with
-stacked parameters (``nnx.scan``), forward and ``jax.grad`` under ``jax.jit``.
+stacked parameters (``nnx.scan``), forward and ``jax.grad`` under ``jax.jit`` (stream cases:
+:mod:`conformance.backends.jax_streams`).
 
 State gradients come from the stack's ``offsets`` argument (zeros added to every state,
 so d loss / d offsets[l] = d loss / d s_l). float64 cases run inside ``jax.enable_x64``.
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance.backends import Backend
+from conformance.backends import Backend, Case
+from conformance.backends.jax_streams import run_stream_case
 from mhc_spec.statistics import attenuation, highway_profile
+from mhc_spec.streams.vectors import StreamCase
 from mhc_spec.vectors import GoldenCase
 
 
@@ -61,10 +64,12 @@ class JaxBackend(Backend):
         self.build = build
         self.name = f"jax-{build}"
 
-    def run(self, case: GoldenCase) -> dict[str, np.ndarray]:
+    def run(self, case: Case) -> dict[str, np.ndarray]:
         import jax
 
         with jax.enable_x64(case.dtype == "float64"):
+            if isinstance(case, StreamCase):
+                return run_stream_case(case, self.build == "scan")
             return self._run(case)
 
     def _run(self, case: GoldenCase) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
-"""mhc_torch under test: ``MHCSequential`` eager, and compiled with ``fullgraph=True``.
+"""mhc_torch under test: ``MHCSequential`` eager, and compiled with ``fullgraph=True``
+(stream cases: :mod:`conformance.backends.torch_streams`).
 
 Each block is wrapped in a probe that adds a zero tensor delta_l to its output, so
 dLoss/d(delta_l) = dLoss/ds_l gives every state's gradient without any access to the
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance.backends import Backend
+from conformance.backends import Backend, Case
+from conformance.backends.torch_streams import COMPILED_STREAM_CASES, run_stream_case
 from mhc_spec.statistics import amplification, attenuation, entropy, highway_profile, skip_gain
+from mhc_spec.streams.vectors import StreamCase
 from mhc_spec.vectors import GoldenCase
 
 # torch.compile costs 10-40 s per graph on 2 cores: compile a few short stacks that
@@ -67,10 +70,13 @@ class TorchBackend(Backend):
         self.compiled = compiled
         self.name = "torch-compiled" if compiled else "torch-eager"
 
-    def selects(self, case: GoldenCase) -> bool:
-        return not self.compiled or case.name in COMPILED_CASES
+    def selects(self, case: Case) -> bool:
+        subset = COMPILED_STREAM_CASES if isinstance(case, StreamCase) else COMPILED_CASES
+        return not self.compiled or case.name in subset
 
-    def run(self, case: GoldenCase) -> dict[str, np.ndarray]:
+    def run(self, case: Case) -> dict[str, np.ndarray]:
+        if isinstance(case, StreamCase):
+            return run_stream_case(case, self.compiled)
         import torch
 
         dtype = torch.float64 if case.dtype == "float64" else torch.float32

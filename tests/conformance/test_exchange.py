@@ -144,3 +144,71 @@ def test_torch_carry_history_equals_the_jax_history_value(h):
     fresh = source(torch.tensor(calls[-1])).detach().numpy()
     if h > 1:  # the carried window really changed the last call's output
         assert np.abs(fresh - outputs[-1]).max() > 1e-4
+
+
+STREAM_OPTIONS = [
+    {"streams": 4, "reduce": "gated"},
+    {"streams": 2, "dynamic": False, "reduce": "mean"},
+    {"streams": 3, "mode": "hc"},
+]
+
+
+def torch_streams(options, seed):
+    torch.manual_seed(seed)
+    blocks = [nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.Tanh()) for _ in range(DEPTH)]
+    model = mhc_torch.StreamSequential(blocks, width=WIDTH, **options)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith("blocks."):
+                p.add_(0.3 * torch.randn_like(p))  # move off the initialisation
+    return model
+
+
+def jax_streams(options, scan, seed):
+    def make(rngs):
+        return nnx.Sequential(nnx.Linear(WIDTH, WIDTH, rngs=rngs), jnp.tanh)
+
+    if scan:
+        return mhc_jax.StreamSequential.scanned(make, DEPTH, width=WIDTH,
+                                                rngs=nnx.Rngs(seed), **options)
+    return mhc_jax.StreamSequential([make(nnx.Rngs(seed + i)) for i in range(DEPTH)],
+                                    width=WIDTH, **options)
+
+
+@pytest.mark.parametrize("options", STREAM_OPTIONS, ids=str)
+@pytest.mark.parametrize("scan", [False, True])
+def test_stream_stacks_exchange_parameters_and_agree(options, scan):
+    from mhc_jax.streams import export_portable, load_portable
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, WIDTH)).astype(np.float32)
+    g = rng.standard_normal((3, WIDTH)).astype(np.float32)
+    source = torch_streams(options, seed=0)
+    exported = source.to_portable()
+    model = jax_streams(options, scan, seed=1)
+    load_portable(model, exported)
+    assert_same_dict(exported, export_portable(model))
+    target = torch_streams(options, seed=2)
+    target.load_portable(export_portable(model))
+    assert_same_dict(exported, target.to_portable())
+
+    xt = torch.tensor(x, requires_grad=True)
+    out_t = source(xt)
+    (out_t * torch.tensor(g)).sum().backward()
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    def loss(params, x):
+        out = nnx.merge(graphdef, params)(x)
+        return jnp.sum(out * g), out
+
+    (dparams, dx), out_j = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(
+        params, jnp.asarray(x))
+    assert_close(np.asarray(out_j), out_t.detach().numpy(), "output")
+    assert_close(np.asarray(dx), xt.grad.numpy(), "x")
+    grads_j = export_portable(nnx.merge(graphdef, dparams))
+    grads_t = {(name if name.startswith("blocks.") else
+                "streams." + name.removeprefix("readout.")): p.grad.numpy()
+               for name, p in source.named_parameters()}
+    assert grads_t.keys() == grads_j.keys()
+    for key, value in grads_t.items():
+        assert_close(grads_j[key], value, key)

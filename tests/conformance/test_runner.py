@@ -7,6 +7,7 @@ import numpy as np
 from conformance.backends import Backend
 from conformance.runner import case_group, failed, flatten_expected, render_matrix, run, to_json
 from conformance.tolerances import errors
+from mhc_spec.streams import vectors as stream_vectors
 from mhc_spec.vectors import compute_expected, default_directory, load_vectors
 
 CASES = load_vectors(default_directory())
@@ -79,3 +80,61 @@ def test_a_crash_and_a_missing_quantity_fail_the_cell():
     assert cells["residual float32"].status == "fail"
     assert "statistics.entropy" in cells["residual float32"].failures[0]
     assert cells["mhc/simplex float64"].status == "pass"
+
+
+STREAM_CASES = stream_vectors.load_vectors(stream_vectors.default_directory())
+
+
+class StreamSpecBackend(Backend):
+    """Recomputes every stream quantity with mhc_spec.streams, with optional corruptions."""
+
+    def __init__(self, name="spec", corrupt=lambda case, outputs: None):
+        self.name, self.corrupt = name, corrupt
+
+    def run(self, case):
+        expected = stream_vectors.compute_expected(case.config, case.kind, case.inputs)
+        outputs = flatten_expected(expected)
+        self.corrupt(case, outputs)
+        return outputs
+
+
+def test_stream_cases_get_rows_of_their_own():
+    cells = run([StreamSpecBackend()], STREAM_CASES)
+    assert not failed(cells)
+    groups = {c.group for c in cells}
+    assert "streams mhc/sinkhorn dynamic float64" in groups
+    assert "streams hc float64" in groups and "streams initialisations float32" in groups
+    assert sum(c.cases for c in cells if c.group.startswith("streams")) == len(STREAM_CASES)
+
+
+def test_parameter_gradients_share_one_scale():
+    """At initialisation the b_res gradient vanishes in exact arithmetic (the spec holds
+    ~1e-19 noise): float32-sized noise there passes, measured against the largest parameter
+    gradient; an error of 1e-4 of that gradient in b_res fails."""
+    case = next(c for c in STREAM_CASES if c.name == "init_mhc_n4_sum")
+    quantity = "gradients.params.streams.b_res"
+    grads = case.expected["gradients"]["params"]
+    assert np.abs(grads["streams.b_res"]).max() < 1e-12
+    largest = max(np.abs(v).max() for v in grads.values())
+
+    def noise(size):
+        def corrupt(c, outputs):
+            if c.name == case.name:
+                outputs[quantity] = outputs[quantity] + size * largest
+        return corrupt
+
+    quiet = run([StreamSpecBackend("quiet", noise(1e-7))], [case])
+    loud = run([StreamSpecBackend("loud", noise(1e-4))], [case])
+    assert not failed(quiet)
+    assert failed(loud) and quantity in loud[0].failures[0]
+
+
+def test_a_wrong_sign_in_a_stream_gradient_fails_exactly_its_cells():
+    def flip(case, outputs):
+        if case.config.mode == "hc":
+            outputs["gradients.params.streams.b_res"] *= -1
+
+    cells = run([StreamSpecBackend("broken", flip)], STREAM_CASES)
+    # hc cases live in their own row and among the initialisations (init_hc_n4_sum).
+    assert sorted(c.group for c in cells if c.status == "fail") == [
+        "streams hc float64", "streams initialisations float32"]
