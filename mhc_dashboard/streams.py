@@ -135,7 +135,8 @@ def hres_grid(hres_mean: np.ndarray, title: str = "Hres per layer",
     columns = min(depth, MAX_GRID_COLUMNS)
     rows = math.ceil(depth / columns)
     # Fixed margins in inches rather than a layout engine, which multiplies render time.
-    side = min(max(1.3, 0.3 + 0.3 * n), 3.0)
+    # Annotated panels (n <= 4) grow with n so values fit; larger n is colour only.
+    side = max(1.3, 0.3 + 0.3 * n) if n <= MAX_ANNOTATED_STREAMS else 1.5
     gap_x, gap_y, left, right, bottom, top = 0.3, 0.45, 0.35, 1.3, 0.2, 0.75
     width = left + columns * side + (columns - 1) * gap_x + right
     height = top + rows * side + (rows - 1) * gap_y + bottom
