@@ -15,12 +15,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mhc_spec.config import check_int
 from mhc_spec.streams import StreamConfig
 from mhc_spec.streams.config import SINKHORN
 
 
 def sinkhorn(logits: jax.Array, iterations: int) -> jax.Array:
     """SK(Z) = (T_r o T_c)^T (exp(Z - max Z)) for Z of shape (..., n, n); rows sum to 1."""
+    iterations = check_int("sinkhorn_iterations", iterations, 1)
     shift = jax.lax.stop_gradient(jnp.max(logits, axis=(-2, -1), keepdims=True))
 
     def normalise(_: int, m: jax.Array) -> jax.Array:

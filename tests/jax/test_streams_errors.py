@@ -8,7 +8,13 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from mhc_jax.streams import StreamLayer, StreamReduce, StreamSequential, expand_streams
+from mhc_jax.streams import (
+    StreamLayer,
+    StreamReduce,
+    StreamSequential,
+    expand_streams,
+    sinkhorn,
+)
 from mhc_spec.streams import StreamConfig
 
 WIDTH = 3
@@ -70,6 +76,8 @@ def test_bad_construction_raises() -> None:
         StreamReduce(reduce="max")
     with pytest.raises(ValueError, match="streams=0 is invalid"):
         expand_streams(jnp.ones(WIDTH), 0)
+    with pytest.raises(ValueError, match="sinkhorn_iterations=0 is invalid"):
+        sinkhorn(jnp.zeros((2, 2)), 0)
 
 
 def test_bad_inputs_raise_at_the_call() -> None:
