@@ -27,13 +27,18 @@ OTHER = "other"
 PARTS = (BRANCH, COEFFICIENTS, SINKHORN, MIX, OTHER)
 
 # (lower-case substring of an event name, part); checked from the innermost event outwards,
-# the first hit decides. Python events are named "path/file.py(line): function".
+# the first hit decides. Python events are named "path/file.py(line): function". In
+# mhc_torch.streams one autograd node per layer computes the coefficients (RMSNorm, x' @ phi,
+# sigmoids), calls Sinkhorn and forms the read-in u = sum_i Hpre[i] X[i] (branch_input);
+# the node's backward is one Python function, so the read-in's backward counts as
+# coefficients there. A second node writes X_next = Hres X + Hpost y (mixing.py). Anything
+# else (expand, reduce, the layer loop, gradient accumulation) is "other".
 RULES: tuple[tuple[str, str], ...] = (
     ("torch/nn/modules/linear.py", BRANCH),
     ("sinkhorn", SINKHORN),
+    ("branch_input", MIX),
+    ("mhc_torch/streams/mixing.py", MIX),
     ("coefficient", COEFFICIENTS),
-    ("aten::rms_norm", COEFFICIENTS),
-    ("mhc_torch/streams/", MIX),
     ("benchmarks/torch_stacks.py", MIX),   # the residual stack's h + F(h)
 )
 FORWARD_SCOPE = "mhc_bench.forward"

@@ -95,12 +95,15 @@ def profile_lines(payload: dict) -> list[str]:
     return ["### Where a layer's time goes (torch.profiler)", "",
             f"One profiled run of {steps} steps per stack after 2 warm-up steps, "
             "`with_stack=True`; each event's self time goes to the innermost Python function "
-            "or operator naming a part (torch.nn's Linear: branch; `sinkhorn`: Sinkhorn; "
-            "`coefficient`/`rms_norm`: coefficient projection; the rest of mhc_torch.streams "
-            "and the residual's add: stream mix); autograd-engine operators take the part of "
-            "the forward operator that created them (sequence number). The profiler adds a "
-            "cost to every Python call and operator, so a profiled step is slower than a timed "
-            "one and parts made of many small calls are inflated most; the call counts are "
+            "or operator naming a part (torch.nn's Linear: branch; `sinkhorn*`: Sinkhorn; "
+            "`branch_input` (the read-in u = sum_i Hpre[i] X[i]), `mixing.py` (X_next = "
+            "Hres X + Hpost y) and the residual's add: stream mix; `coefficients.py`: "
+            "coefficient projection, including the read-in's backward, which runs inside that "
+            "node's backward; the rest, e.g. expand, reduce, the layer loop, gradient "
+            "accumulation: other); autograd-engine operators take the part of the forward "
+            "operator that created them (sequence number). The profiler adds a cost to every "
+            "Python call and operator, so a profiled step is slower than a timed one and parts "
+            "made of many small calls are inflated most; the call counts are "
             "exact.", "", *_table(header, rows)]
 
 
