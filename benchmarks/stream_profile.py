@@ -76,6 +76,13 @@ def classify(event, forward_parts: dict[int, str],
     return OTHER
 
 
+def _is_dispatched_operator(event) -> bool:
+    """An aten operator called from Python or the autograd engine, not from another one."""
+    parent = event.cpu_parent
+    return event.name.startswith("aten::") and (
+        parent is None or not parent.name.startswith("aten::"))
+
+
 def forward_parts(events, rules: Iterable[tuple[str, str]] = RULES) -> dict[int, str]:
     """{sequence_nr: part} of the operators run inside :data:`FORWARD_SCOPE`."""
     rules = tuple(rules)
@@ -85,8 +92,9 @@ def forward_parts(events, rules: Iterable[tuple[str, str]] = RULES) -> dict[int,
 
 def breakdown(events, steps: int, depth: int,
               rules: Iterable[tuple[str, str]] = RULES) -> dict[str, object]:
-    """Per-layer, per-step microseconds and aten operator calls of each part, plus the
-    profiled wall time per step (forward and backward scopes)."""
+    """Per-layer, per-step microseconds and aten operator calls (those dispatched from Python
+    or the autograd engine; operators nested in them are timed, not counted) of each part,
+    plus the profiled wall time per step (forward and backward scopes)."""
     rules = tuple(rules)
     scoped = [(event, _scope_of(event)) for event in events]
     parts_by_sequence = forward_parts(events, rules)
@@ -100,7 +108,7 @@ def breakdown(events, steps: int, depth: int,
             wall += event.cpu_time_total
         part = classify(event, parts_by_sequence, rules)
         micros[part] += event.self_cpu_time_total
-        operators[part] += event.name.startswith("aten::")
+        operators[part] += _is_dispatched_operator(event)
     per_layer = steps * depth
     return {
         "steps": steps,

@@ -82,7 +82,7 @@ def profile_lines(payload: dict) -> list[str]:
         return []
     medians = _medians(payload)
     names = list(profiles)
-    header = ("part (us per layer and step; aten calls)", *names)
+    header = ("part: us per layer and step (aten calls)", *names)
     rows = []
     for part in PARTS:
         rows.append((part, *(f"{profiles[n]['parts'][part]['us_per_layer']:.0f} "
@@ -103,7 +103,8 @@ def profile_lines(payload: dict) -> list[str]:
             "accumulation: other); autograd-engine operators take the part of the forward "
             "operator that created them (sequence number). The profiler adds a cost to every "
             "Python call and operator, so a profiled step is slower than a timed one and parts "
-            "made of many small calls are inflated most; the call counts are "
+            "made of many small calls are inflated most; the call counts (aten operators "
+            "called from Python or the autograd engine, not those nested in them) are "
             "exact.", "", *_table(header, rows)]
 
 
