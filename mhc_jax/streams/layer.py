@@ -34,6 +34,25 @@ def expand_streams(h: jax.Array, streams: int) -> jax.Array:
     return jnp.broadcast_to(h[..., None, :], (*h.shape[:-1], n, h.shape[-1]))
 
 
+def resolve_width(width: int | None, first_block: nnx.Module) -> int:
+    """C: ``width``, or the ``in_features`` of an ``nnx.Linear`` first block (as the PyTorch
+    twin does with ``nn.Linear``)."""
+    inferred = first_block.in_features if isinstance(first_block, nnx.Linear) else None
+    if width is None:
+        if inferred is None:
+            raise TypeError(
+                f"width=None is invalid: the stream width C cannot be inferred from the first "
+                f"block ({type(first_block).__name__}, not an nnx.Linear); pass width=C, the "
+                "features of h (..., C)"
+            )
+        return inferred
+    width = check_int("width", width, 1)
+    if inferred is not None and inferred != width:
+        raise ValueError(f"width={width} is invalid: the first block is nnx.Linear with "
+                         f"in_features={inferred}; width must equal it")
+    return width
+
+
 def layer_forward(
     config: StreamConfig,
     params: dict[str, jax.Array],
@@ -61,6 +80,7 @@ class StreamLayer(nnx.Module):
     """One layer for hand-written loops: ``X = layer(X)`` maps streams X (..., n, C) to
     X_next, running ``block`` (an nnx module, C -> C) as its branch F.
 
+    ``width`` (C) defaults to the ``in_features`` of an ``nnx.Linear`` block.
     ``layer_index`` (0-based) is the layer's place in the stack: the cyclic b_pre init
     leans layer l on stream l mod n. Options are :class:`mhc_spec.streams.StreamConfig`'s
     (or ``config=``); bad values raise its errors here. Use :func:`expand_streams` before
@@ -71,7 +91,7 @@ class StreamLayer(nnx.Module):
         self,
         block: nnx.Module,
         *,
-        width: int,
+        width: int | None = None,
         layer_index: int = 0,
         config: StreamConfig | None = None,
         param_dtype: Any = jnp.float32,
@@ -82,7 +102,8 @@ class StreamLayer(nnx.Module):
             raise TypeError(f"block={block!r} is invalid: block must be an nnx.Module")
         self.layer_index = check_int("layer_index", layer_index, 0)
         self.block = block
-        self.mixing = StreamMixing(self.config, 1, width, first_layer=self.layer_index,
+        self.mixing = StreamMixing(self.config, 1, resolve_width(width, block),
+                                   first_layer=self.layer_index,
                                    param_dtype=param_dtype)
 
     def __call__(self, streams: jax.Array) -> jax.Array:

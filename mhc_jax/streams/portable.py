@@ -28,7 +28,7 @@ from mhc_spec.streams.parameters import PREFIX, REDUCE_LOGITS
 def _variables(model: StreamSequential) -> dict[str, nnx.Param]:
     """The model's mixing variables by portable key."""
     variables = {PREFIX + name: getattr(model.mixing, name) for name in PARAMETER_NAMES}
-    variables[REDUCE_LOGITS] = model.readout.logits
+    variables[REDUCE_LOGITS] = model.readout.reduce_logits
     return {key: v for key, v in variables.items() if v is not None}
 
 

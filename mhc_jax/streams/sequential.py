@@ -32,7 +32,7 @@ from mhc_jax.streams.coefficients import (
     StreamMixing,
     resolve_stream_config,
 )
-from mhc_jax.streams.layer import expand_streams, layer_forward
+from mhc_jax.streams.layer import expand_streams, layer_forward, resolve_width
 from mhc_jax.streams.reduce import StreamReduce
 from mhc_spec.config import check_depth, check_int
 from mhc_spec.streams import StreamConfig
@@ -71,7 +71,8 @@ class StreamSequential(nnx.Module):
 
     Build it from a list of nnx modules (``StreamSequential(blocks, width=C, streams=4,
     ...)``) or with stacked parameters (:meth:`scanned`). ``width`` is C, the features of
-    the input h (..., C) and of each stream. Options are the fields of
+    the input h (..., C) and of each stream; it defaults to the ``in_features`` of an
+    ``nnx.Linear`` first block. Options are the fields of
     :class:`mhc_spec.streams.StreamConfig` (``streams``, ``mode``, ``constraint``,
     ``sinkhorn_iterations``, ``dynamic``, ``reduce``, ``rms_eps``, ``a_init``,
     ``pre_init``) or ``config=``; bad values raise the spec's errors here. ``param_dtype``
@@ -87,7 +88,7 @@ class StreamSequential(nnx.Module):
         self,
         blocks: Iterable[nnx.Module] | None = None,
         *,
-        width: int,
+        width: int | None = None,
         stacked: nnx.Module | None = None,
         depth: int | None = None,
         config: StreamConfig | None = None,
@@ -95,7 +96,6 @@ class StreamSequential(nnx.Module):
         **options: Any,
     ):
         self.config = resolve_stream_config(config, options)
-        self.width = check_int("width", width, 1)
         if (blocks is None) == (stacked is None):
             raise TypeError("pass either blocks (a list of modules) or stacked= (with depth=)")
         if blocks is not None:
@@ -119,8 +119,10 @@ class StreamSequential(nnx.Module):
                     )
             self.scan = True
             self.blocks = stacked
+        self.width = resolve_width(width, self.blocks if self.scan else self.blocks[0])
         self.mixing = StreamMixing(self.config, self.depth, self.width, param_dtype=param_dtype)
-        self.readout = StreamReduce(config=self.config, param_dtype=param_dtype)
+        self.readout = StreamReduce(self.config.streams, self.config.reduce,
+                                    param_dtype=param_dtype)
 
     @classmethod
     def scanned(
@@ -128,8 +130,8 @@ class StreamSequential(nnx.Module):
         make_block: Callable[[nnx.Rngs], nnx.Module],
         depth: int,
         *,
-        width: int,
         rngs: nnx.Rngs,
+        width: int | None = None,
         config: StreamConfig | None = None,
         param_dtype: Any = jnp.float32,
         **options: Any,
@@ -138,7 +140,8 @@ class StreamSequential(nnx.Module):
         initialisations, parameters stacked along a leading axis L."""
         resolved = resolve_stream_config(config, options)
         depth = check_depth(depth)
-        check_int("width", width, 1)
+        if width is not None:
+            check_int("width", width, 1)
 
         @nnx.split_rngs(splits=depth)
         @nnx.vmap(in_axes=(0,), out_axes=0)

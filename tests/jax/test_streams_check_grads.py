@@ -12,8 +12,7 @@ import pytest
 from flax import nnx
 from jax.test_util import check_grads
 
-from mhc_jax.streams import StreamSequential, sinkhorn
-from mhc_spec.streams import parameter_shapes
+from mhc_jax.streams import StreamSequential, export_portable, load_portable, sinkhorn
 
 
 def row_softmax(logits: jax.Array) -> jax.Array:
@@ -47,11 +46,11 @@ def random_stack(mode, constraint, dynamic: bool, scan: bool) -> StreamSequentia
     else:
         model = StreamSequential([block(nnx.Rngs(i)) for i in range(DEPTH)], **options)
     rng = np.random.default_rng(1)
-    shapes = parameter_shapes(model.config, DEPTH, WIDTH)
-    for name, variable in [*vars(model.mixing).items(), ("reduce_logits", model.readout.logits)]:
-        if isinstance(variable, nnx.Param):
-            key = f"streams.{name}"
-            variable[...] = jnp.asarray(rng.standard_normal(shapes[key]) / 2)
+    portable = export_portable(model)
+    for key, value in portable.items():
+        if key.startswith("streams."):
+            portable[key] = rng.standard_normal(value.shape) / 2
+    load_portable(model, portable)
     return model
 
 

@@ -80,6 +80,19 @@ def test_bad_construction_raises() -> None:
         sinkhorn(jnp.zeros((2, 2)), 0)
 
 
+def test_width_defaults_to_a_linear_first_block() -> None:
+    assert StreamSequential(blocks(), streams=2).width == WIDTH
+    assert StreamSequential.scanned(lambda r: nnx.Linear(WIDTH, WIDTH, rngs=r), 2,
+                                    rngs=nnx.Rngs(0), streams=2).width == WIDTH
+    assert StreamLayer(blocks(1)[0], streams=2).mixing.width == WIDTH
+    with pytest.raises(ValueError, match=r"width=4 is invalid: the first block is nnx\.Linear "
+                                         r"with in_features=3; width must equal it"):
+        StreamSequential(blocks(), width=4)
+    with pytest.raises(TypeError, match=r"width=None is invalid: .* \(Sequential, not an "
+                                        r"nnx\.Linear\); pass width=C"):
+        StreamSequential([nnx.Sequential(blocks(1)[0], jnp.tanh)])
+
+
 def test_bad_inputs_raise_at_the_call() -> None:
     # Shapes are checked while tracing: jax.eval_shape raises the same errors, computing nothing.
     def trace(module, *args, **kwargs):

@@ -29,7 +29,7 @@ def linear_stack(scan: bool, seed: int, **options) -> StreamSequential:
 def randomise(model: StreamSequential, seed: int) -> None:
     """Draw every mixing parameter, so that no two layers or streams are alike."""
     rng = np.random.default_rng(seed)
-    for variable in (*vars(model.mixing).values(), model.readout.logits):
+    for variable in (*vars(model.mixing).values(), model.readout.reduce_logits):
         if isinstance(variable, nnx.Param):
             variable[...] = jnp.asarray(rng.standard_normal(variable.shape) / 2, jnp.float32)
 

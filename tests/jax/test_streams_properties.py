@@ -121,7 +121,7 @@ def test_stream_reduce_weights() -> None:
     np.testing.assert_allclose(StreamReduce(streams=4, reduce="mean")(x), x.mean(axis=1),
                                rtol=1e-6)
     gated = StreamReduce(streams=4, reduce="gated")
-    gated.logits[...] = jnp.asarray([0.0, np.log(3.0), -np.log(3.0), 100.0], jnp.float32)
+    gated.reduce_logits[...] = jnp.asarray([0.0, np.log(3.0), -np.log(3.0), 100.0], jnp.float32)
     np.testing.assert_allclose(gated(x), np.einsum("i,bic->bc", [0.5, 0.75, 0.25, 1.0], x),
                                rtol=1e-6)
 
@@ -141,8 +141,8 @@ def test_hand_loop_of_stream_layers_is_the_stack() -> None:
         for name in PARAMETER_NAMES:
             getattr(layer.mixing, name)[...] = getattr(model.mixing, name)[index:index + 1]
         layers.append(layer)
-    readout = StreamReduce(config=model.config)
-    readout.logits[...] = model.readout.logits[...]
+    readout = StreamReduce(2, "gated")
+    readout.reduce_logits[...] = model.readout.reduce_logits[...]
 
     class HandLoop(nnx.Module):
         def __init__(self):
