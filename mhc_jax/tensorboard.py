@@ -158,15 +158,15 @@ class TensorBoardMonitor:
 def stream_grad_norms(grads: nnx.State) -> dict[str, float]:
     """||dLoss/d<name>|| of each mixing parameter in the gradient state of a
     :class:`~mhc_jax.streams.StreamSequential` (from ``nnx.grad``), by its portable name
-    (``phi_res``, ..., ``reduce_logits`` for the read-out's logits); the blocks are left out.
+    (``phi_res``, ..., ``reduce_logits``); the blocks are left out.
     One device-to-host copy."""
     norms = {}
     for path, leaf in nnx.to_flat_state(grads):
         path = tuple(path)
         if len(path) == 2 and path[0] == "mixing":
             name = path[1]
-        elif path == ("readout", "logits"):
-            name = "reduce_logits"
+        elif path == ("readout", "reduce_logits"):
+            name = path[1]
         else:
             continue
         value = leaf[...] if isinstance(leaf, nnx.Variable) else leaf
