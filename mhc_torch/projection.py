@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from mhc_spec.config import MHCConfig
+from mhc_torch.autograd_apply import apply_function
 
 
 class _Sparsemax(torch.autograd.Function):
@@ -52,7 +53,7 @@ class _Sparsemax(torch.autograd.Function):
 
 def sparsemax(z: Tensor) -> Tensor:
     """argmin_{a in simplex} ||a - z||^2 on the last axis (entries of -inf get exactly 0)."""
-    return _Sparsemax.apply(z)
+    return apply_function(_Sparsemax, z)
 
 
 def window_mask(depth: int, max_history: int, carried: int, device: torch.device) -> Tensor:
@@ -92,11 +93,10 @@ def padded_weights(config: MHCConfig, theta: Tensor | None, mask: Tensor, dtype:
     h = config.max_history
     if config.mode == "residual":
         return _newest(h, dtype, mask.device).expand(mask.shape)
-    blocked = ~mask
     if config.mode == "hc":
-        return theta.masked_fill(blocked, 0.0)
+        return torch.where(mask, theta, 0.0)
     scaled = theta if config.temperature == 1.0 else theta / config.temperature
-    scaled = scaled.masked_fill(blocked, float("-inf"))
+    scaled = torch.where(mask, scaled, float("-inf"))
     if config.constraint == "softmax":
         return torch.softmax(scaled, dim=-1)
     a = sparsemax(scaled)
