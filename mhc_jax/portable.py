@@ -91,11 +91,9 @@ def _values(block: nnx.Module) -> dict[tuple[Any, ...], np.ndarray]:
             for path, v in nnx.to_flat_state(nnx.state(block, nnx.Not(nnx.RngState)))}
 
 
-def export_portable(model: MHCSequential) -> dict[str, np.ndarray]:
-    """The portable dict of ``model`` (arrays in their own dtype, torch layouts)."""
-    mixing = model.mixing
-    theta = None if mixing.theta is None else np.asarray(mixing.theta[...])
-    gamma = None if mixing.gamma is None else np.asarray(mixing.gamma[...])
+def export_blocks(model: Any) -> list[dict[str, np.ndarray]]:
+    """The blocks of a stack (``model.blocks``, one module per layer or, when ``model.scan``,
+    one module with stacked arrays) as per-layer dicts in the torch layout."""
     blocks = []
     for index in range(model.depth):
         block = model.blocks if model.scan else model.blocks[index]
@@ -104,7 +102,15 @@ def export_portable(model: MHCSequential) -> dict[str, np.ndarray]:
             e.name: e.to_torch(values[e.path][index] if model.scan else values[e.path])
             for e in _entries(block)
         })
-    return to_portable(theta, gamma, blocks)
+    return blocks
+
+
+def export_portable(model: MHCSequential) -> dict[str, np.ndarray]:
+    """The portable dict of ``model`` (arrays in their own dtype, torch layouts)."""
+    mixing = model.mixing
+    theta = None if mixing.theta is None else np.asarray(mixing.theta[...])
+    gamma = None if mixing.gamma is None else np.asarray(mixing.gamma[...])
+    return to_portable(theta, gamma, export_blocks(model))
 
 
 def _expect_same(kind: str, expected: set[str], given: set[str]) -> None:
@@ -146,19 +152,26 @@ def load_portable(model: MHCSequential, params: Mapping[str, np.ndarray]) -> Non
         raise KeyError(f"portable dict holds {len(blocks)} blocks; the model has {model.depth}")
     _load_mixing(model, "theta", theta)
     _load_mixing(model, "gamma", gamma)
-    template = model.blocks if model.scan else None
+    load_blocks(model, blocks)
+
+
+def load_blocks(model: Any, blocks: list[Mapping[str, np.ndarray]]) -> None:
+    """Set the blocks of a stack (as :func:`export_blocks` reads them) from per-layer dicts
+    in the torch layout; keys must match exactly (``KeyError``), shapes too (``ValueError``)."""
+    if len(blocks) != model.depth:
+        raise KeyError(f"portable dict holds {len(blocks)} blocks; the model has {model.depth}")
     stacked: dict[tuple[Any, ...], list[jnp.ndarray]] = {}
     for index, arrays in enumerate(blocks):
-        block = template if model.scan else model.blocks[index]
+        block = model.blocks if model.scan else model.blocks[index]
         entries = _entries(block)
         _expect_same(f"blocks.{index}", {e.name for e in entries}, set(arrays))
-        current = nnx.state(block, nnx.Not(nnx.RngState))
-        like = dict(nnx.to_flat_state(current))
+        like = dict(nnx.to_flat_state(nnx.state(block, nnx.Not(nnx.RngState))))
         converted = {}
         for e in entries:
             target = like[e.path][...]
             target = target[index] if model.scan else target
-            converted[e.path] = _converted(e, arrays[e.name], target, f"blocks.{index}.{e.name}")
+            converted[e.path] = _converted(e, arrays[e.name], target,
+                                           f"blocks.{index}.{e.name}")
         if model.scan:
             for path, value in converted.items():
                 stacked.setdefault(path, []).append(value)

@@ -12,13 +12,12 @@ builds (the scan build's stacked arrays are split per layer).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mhc_jax.portable import _converted, _entries, _expect_same, _values
+from mhc_jax.portable import export_blocks, load_blocks
 from mhc_jax.streams.coefficients import PARAMETER_NAMES
 from mhc_jax.streams.sequential import StreamSequential
 from mhc_spec.streams import check_parameters, from_portable, to_portable
@@ -35,15 +34,7 @@ def _variables(model: StreamSequential) -> dict[str, nnx.Param]:
 def export_portable(model: StreamSequential) -> dict[str, np.ndarray]:
     """The portable dict of ``model`` (arrays in their own dtype, torch layouts)."""
     params = {key: np.asarray(v[...]) for key, v in _variables(model).items()}
-    blocks = []
-    for index in range(model.depth):
-        block = model.blocks if model.scan else model.blocks[index]
-        values = _values(block)
-        blocks.append({
-            e.name: e.to_torch(values[e.path][index] if model.scan else values[e.path])
-            for e in _entries(block)
-        })
-    return to_portable(params, blocks)
+    return to_portable(params, export_blocks(model))
 
 
 def load_portable(model: StreamSequential, portable: Mapping[str, np.ndarray]) -> None:
@@ -56,22 +47,4 @@ def load_portable(model: StreamSequential, portable: Mapping[str, np.ndarray]) -
         raise KeyError(f"portable dict holds {len(blocks)} blocks; the model has {model.depth}")
     for key, variable in _variables(model).items():
         variable[...] = jnp.asarray(params[key], dtype=variable.dtype)
-    stacked: dict[tuple[Any, ...], list[jnp.ndarray]] = {}
-    for index, arrays in enumerate(blocks):
-        block = model.blocks if model.scan else model.blocks[index]
-        entries = _entries(block)
-        _expect_same(f"blocks.{index}", {e.name for e in entries}, set(arrays))
-        like = dict(nnx.to_flat_state(nnx.state(block, nnx.Not(nnx.RngState))))
-        converted = {}
-        for e in entries:
-            target = like[e.path][...]
-            target = target[index] if model.scan else target
-            converted[e.path] = _converted(e, arrays[e.name], target, f"blocks.{index}.{e.name}")
-        if model.scan:
-            for path, value in converted.items():
-                stacked.setdefault(path, []).append(value)
-        else:
-            nnx.update(block, nnx.from_flat_state(converted))
-    if model.scan:
-        nnx.update(model.blocks,
-                   nnx.from_flat_state({p: jnp.stack(v) for p, v in stacked.items()}))
+    load_blocks(model, blocks)
