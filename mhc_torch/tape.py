@@ -73,6 +73,18 @@ def _pull_matrix(coefficients: Tensor) -> Tensor:
     return coefficients.reshape(-1)[index] * valid
 
 
+# A chunk of the arena holds at least this many bytes (and at least H rows): small states
+# share one chunk; large ones get several, so the backward frees the arena chunk by chunk
+# as it passes (as a residual stack frees each state) instead of holding all of it to the
+# end, which also keeps the allocator from growing and trimming the heap every step.
+CHUNK_BYTES = 4 << 20
+
+
+def chunk_rows(h: int, row_bytes: int) -> int:
+    """Rows per arena chunk for states of ``row_bytes`` bytes and windows of H rows."""
+    return max(h, -(-CHUNK_BYTES // row_bytes))
+
+
 class _Tape:
     """What the nodes of one forward share: the arena and its per-layer cuts while it is
     filled (forward only), the coefficient rows, and the gradient ring and D (backward
@@ -85,27 +97,21 @@ class _Tape:
         n = x.numel()
         self.depth, self.h, self.prefix, self.shape = depth, h, prefix, x.shape
         self.dtype = x.dtype
-        arena = x.new_empty((prefix + depth + 1, n))
-        for index, state in enumerate(carried):
-            arena[index].copy_(state.reshape(-1))
-        self.arena: Tensor | None = arena
-        # ``.data`` gives every alias a version counter of its own (a view would share the
-        # arena's): the states handed to blocks, and the flat rows the steps write.
-        shaped = arena.view(arena.shape[0], *x.shape).unbind(0)
-        self.states = [row.data for row in shaped[prefix:]]
-        self.targets = [row.data for row in arena.unbind(0)[prefix:]]
+        rows = prefix + depth + 1
+        size = chunk_rows(h, n * x.element_size())
+        chunks = [x.new_empty((min(size, rows - start), n)) for start in range(0, rows, size)]
+        for index, state in enumerate(carried):  # prefix < H <= size: all in chunk 0
+            chunks[0][index].copy_(state.reshape(-1))
+        self.chunks: list[Tensor] = chunks
+        # ``.data`` gives every alias a version counter of its own (a view would share its
+        # chunk's): the states handed to blocks, and the flat rows the steps write.
+        flat = [row.data for chunk in chunks for row in chunk.unbind(0)]
+        self.states = [row.data for chunk in chunks
+                       for row in chunk.view(chunk.shape[0], *x.shape).unbind(0)][prefix:]
+        self.targets = flat[prefix:]
+        self.all_rows = flat
         self.coefficients = coefficients.detach().to(x.dtype)
-        rows = self.coefficients.unbind(0)
-        full = max(1, h - prefix)  # the first layer whose window holds H states
-        short = range(1, min(full, depth + 1))
-        self.windows = [arena[:prefix + layer].t() for layer in short]
-        self.rows = [rows[layer - 1][h - prefix - layer:] for layer in short]
-        if full <= depth:
-            # windows (N, H) of layers full..L: H consecutive rows, one strided view each
-            self.windows += arena.as_strided(
-                (depth - full + 1, n, h), (n, 1, n),
-                arena.storage_offset() + (prefix + full - h) * n).unbind(0)
-            self.rows += rows[full - 1:]
+        self._cut_windows(chunks, size, self.coefficients.unbind(0))
         self.coefficient_grads = coefficients.requires_grad
         self.skip_grads = skip_grads
         self.norms = norms
@@ -119,16 +125,54 @@ class _Tape:
         self.pairs: Tensor | None = None  # D, a row per arena row
         self.pair_rows: tuple[Tensor, ...] = ()
 
+    def _cut_windows(self, chunks: list[Tensor], size: int, rows: Sequence[Tensor]) -> None:
+        """windows[l-1] (N, K) and vectors[l-1] (K,): layer l's window s_{l-K}..s_{l-1} and
+        its coefficients. A window across a chunk boundary keeps its rows in the earlier
+        chunk here and puts the rest, with their coefficients, in splits[l-1]."""
+        h, prefix, depth = self.h, self.prefix, self.depth
+        total = prefix + depth + 1
+        self.windows: list[Tensor] = [rows[0]] * depth  # placeholders, all overwritten
+        self.vectors: list[Tensor] = list(rows)
+        self.splits: list[tuple[Tensor, Tensor] | None] = [None] * depth
+        for r in range(prefix + 1, min(h, total)):  # target row r sees K = r < H rows
+            self.windows[r - prefix - 1] = chunks[0][:r].t()
+            self.vectors[r - prefix - 1] = rows[r - prefix - 1][h - r:]
+        for index, chunk in enumerate(chunks):
+            first = index * size  # the chunk's first row
+            n = chunk.shape[1]
+            # targets whose H rows all lie in this chunk: one strided (N, H) view each
+            low, high = max(first + h, prefix + 1), min(first + size, total - 1)
+            if low <= high:
+                self.windows[low - prefix - 1:high - prefix] = chunk.as_strided(
+                    (high - low + 1, n, h), (n, 1, n),
+                    chunk.storage_offset() + (low - h - first) * n).unbind(0)
+            if index:
+                previous = chunks[index - 1]
+                for r in range(first + 1, min(first + h, total)):
+                    head = first - (r - h)  # window rows still in the previous chunk
+                    layer = r - prefix
+                    self.windows[layer - 1] = previous[size - head:].t()
+                    self.vectors[layer - 1] = rows[layer - 1][:head]
+                    self.splits[layer - 1] = (chunk[:h - head].t(), rows[layer - 1][head:])
+
+    def mix(self, layer: int, y: Tensor, target: Tensor) -> None:
+        """target = y + C[l-1] @ window_l (flat)."""
+        torch.addmv(y, self.windows[layer - 1], self.vectors[layer - 1], out=target)
+        split = self.splits[layer - 1]
+        if split is not None:
+            target.addmv_(*split)
+
     def tail(self, count: int) -> list[Tensor]:
         """Copies of the newest ``count`` states (the history a carried stream continues)."""
-        rows = self.arena[max(0, self.arena.shape[0] - count):].clone()
-        return [row.view(self.shape) for row in rows]
+        return [row.view(self.shape).clone() for row in self.all_rows[-count:]]
 
     def release(self) -> None:
         """Drop the tape's own references to the arena: from here on only saved tensors hold
-        it (so an outer activation checkpoint can free it)."""
-        self.arena = None
-        self.states = self.targets = self.windows = self.rows = []
+        it (so an outer activation checkpoint can free it, and the backward frees each chunk
+        once it has passed it)."""
+        self.chunks = self.states = self.targets = self.all_rows = []
+        self.windows = self.vectors = []
+        self.splits = []
 
     def start_backward(self, g: Tensor) -> None:
         """Step L is the first node of every backward pass (or the first that runs, when the
@@ -143,20 +187,23 @@ class _Tape:
             self.pairs = g.new_zeros((self.prefix + self.depth + 1, self.h))
             self.pair_rows = self.pairs.unbind(0)
 
-    def pull(self, t: int, grad: Tensor, saved: tuple[Tensor, ...]) -> Tensor:
+    def pull(self, t: int, grad: Tensor, saved: tuple[Tensor, ...]) -> Tensor | None:
         """ds_t (flat, 1 <= t <= L) from the engine's g_t plus the skip gradients of layers
-        t+1..t+H; records D[t] from the saved s_t, then puts ds_t into the ring."""
+        t+1..t+H; records D[t] from the saved s_t, then puts ds_t into the ring. None when
+        ds_t is g_t itself (t = L, or detached skip paths)."""
         g = grad.reshape(-1)
+        ds = None
         if t < self.depth:
             if self.skip_grads:
-                g = torch.addmv(g, self.ring_t, self.pull_rows[t])
+                ds = torch.addmv(g, self.ring_t, self.pull_rows[t])
             if self.coefficient_grads:
                 torch.mv(self.ring, saved[0], out=self.pair_rows[self.prefix + t])
+        flat = g if ds is None else ds
         if self.ring is not None:
-            self.ring_rows[t % self.h].copy_(g)
+            self.ring_rows[t % self.h].copy_(flat)
         if self.norms is not None:
-            self.norms[t] = norm_of(g)
-        return g
+            self.norms[t] = norm_of(flat)
+        return ds
 
     def entry_pull(self, grad: Tensor, prefix_states: Tensor) -> Tensor:
         """ds_0 and the rows of D of s_0 and the carried states (one ``mm``)."""
@@ -208,7 +255,7 @@ class _Entry(torch.autograd.Function):
     def forward(ctx, x: Tensor, coefficients: Tensor, tape: _Tape) -> Tensor:
         tape.targets[0].copy_(x.reshape(-1))
         if tape.coefficient_grads:
-            ctx.save_for_backward(tape.arena[:tape.prefix + 1])
+            ctx.save_for_backward(tape.chunks[0][:tape.prefix + 1])
         ctx.tape = tape
         return tape.states[0]
 
@@ -244,9 +291,9 @@ class _Step(torch.autograd.Function):
         target = tape.targets[layer]
         if tape.autocast:
             with torch.autocast(tape.device_type, enabled=False):
-                torch.addmv(flat_y, tape.windows[layer - 1], tape.rows[layer - 1], out=target)
+                tape.mix(layer, flat_y, target)
         else:
-            torch.addmv(flat_y, tape.windows[layer - 1], tape.rows[layer - 1], out=target)
+            tape.mix(layer, flat_y, target)
         if tape.coefficient_grads:
             ctx.save_for_backward(target)
         ctx.tape = tape
@@ -267,7 +314,7 @@ class _Step(torch.autograd.Function):
         else:
             ds = tape.pull(layer, grad, ctx.saved_tensors)
         # view_as: a torch.Size argument costs more to parse than the whole view
-        return ds.view_as(grad), None, None, None
+        return (grad if ds is None else ds.view_as(grad)), None, None, None
 
 
 def run_tape(blocks: Sequence[nn.Module], x: Tensor, coefficients: Tensor, *,
