@@ -1,4 +1,4 @@
-"""A layer's mixing coefficients Hpre, Hpost, Hres, and the branch input u = sum_i Hpre[i] X[i].
+"""A layer's mixing coefficients Hpre, Hpost, Hres: the fused maths and its reverse mode.
 
 The three projections of :mod:`mhc_spec.streams.coefficients` are fused into one matrix
 Phi = [phi_pre | phi_post | mat(phi_res)] of shape (nC, K), K = 2n + n^2, with a per-column
@@ -11,12 +11,12 @@ For each token's streams X (n, C), x = flatten(X):
 which is the spec's RMSNorm-then-project, since x' @ phi = (x @ phi) / r: x' is never
 materialised. Static coefficients are z = beta for every token.
 
-The eager training path runs the read of a dynamic layer (coefficients and u) as one
-autograd node, :class:`_DynamicRead`, whose reverse mode is derived by hand (w = s / r):
+Reverse mode (used by the eager autograd nodes of :mod:`mhc_torch.streams.mixing`), with
+w = s / r and the cotangents dHpre, dHpost, dHres:
 
-    dHpre[i] = <du, X[i]>;   dz = (dHpre Hpre (1 - Hpre), dHpost Hpost (1 - Hpost / 2), P^T(dHres))
+    dz = (dHpre Hpre (1 - Hpre), dHpost Hpost (1 - Hpost / 2), P^T(dHres))
     dbeta = sum_t dz;   ds = sum_t dz (x @ Phi) / r;   dPhi = x^T (dz w)
-    dx = (dz w) @ Phi^T - x <dz s, x @ Phi> / (nC r^3);   dX[i] += Hpre[i] du
+    dx = (dz w) @ Phi^T - x <dz s, x @ Phi> / (nC r^3)
 
 The coefficient arithmetic runs in the parameters' precision (float32 under autocast).
 """
@@ -27,17 +27,10 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from mhc_spec.streams import SINKHORN, StreamConfig
 from mhc_torch.projection import autocast_disabled
-from mhc_torch.streams.sinkhorn import (
-    SinkhornIterates,
-    sinkhorn,
-    sinkhorn_backward,
-    sinkhorn_forward,
-    use_reference_operations,
-)
+from mhc_torch.streams.sinkhorn import sinkhorn, sinkhorn_backward, sinkhorn_forward
 
 
 class LayerParameters(NamedTuple):
@@ -92,8 +85,19 @@ def project_residual(config: StreamConfig, logits: Tensor) -> Tensor:
     return out
 
 
+def user_projection(config: StreamConfig) -> bool:
+    """Whether Hres comes from a user callable (differentiated by autograd)."""
+    return config.constrained and config.constraint != SINKHORN
+
+
+def fused_iterations(config: StreamConfig) -> int:
+    """T when the eager node projects Hres by Sinkhorn itself; 0 when Hres = Hres~ (hc) or a
+    user projection is applied to the node's Hres~ under autograd."""
+    return config.sinkhorn_iterations if config.kind == "mhc/sinkhorn" else 0
+
+
 def split_logits(config: StreamConfig, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(Hpre, Hpost, Hres) from z (..., K)."""
+    """(Hpre, Hpost, Hres) from z (..., K) with differentiable operations."""
     n = config.streams
     gates = torch.sigmoid(logits[..., : 2 * n])
     res_logits = logits[..., 2 * n:].unflatten(-1, (n, n))
@@ -115,106 +119,84 @@ def dynamic_logits_reference(config: StreamConfig, streams: Tensor,
     return torch.addcmul(params.bias, flat @ params.projection, inverse_rms * params.scale)
 
 
-def branch_input(hpre: Tensor, streams: Tensor) -> Tensor:
-    """u = sum_i Hpre[i] X[i]: (B, C) from Hpre (B, n) and X (B, n, C)."""
-    return torch.bmm(hpre.unsqueeze(-2), streams).squeeze(-2)
+class DynamicCoefficients(NamedTuple):
+    """The coefficients of B tokens, (B, n), (B, n), (B, n, n) (Hres~ when ``iterations`` was
+    0), and what their reverse mode reads: x (B, nC), x @ Phi (B, K), w = s / r (B, K),
+    1/r (B,), d gate / d logit (B, 2n), and SK(Hres~) with its log-iterates (tokens last)."""
+
+    hpre: Tensor
+    hpost: Tensor
+    hres: Tensor
+    flat: Tensor
+    raw: Tensor
+    weight: Tensor
+    inverse_rms: Tensor
+    slopes: Tensor
+    sinkhorn_result: Tensor | None
+    log_iterates: list[Tensor]
 
 
-def _fused_iterations(config: StreamConfig) -> int:
-    """T when the node projects Hres by Sinkhorn itself; 0 when it returns Hres~ (hc, where
-    Hres = Hres~, or a user projection, applied outside under autograd)."""
-    if config.constrained and config.constraint == SINKHORN:
-        return config.sinkhorn_iterations
-    return 0
+def dynamic_coefficients(streams: Tensor, params: LayerParameters, eps: float,
+                         iterations: int) -> DynamicCoefficients:
+    """Hpre, Hpost and Hres (SK with T = ``iterations``, or Hres~ when 0) of streams (B, n, C),
+    in the compute dtype, without autograd."""
+    count, n, width = streams.shape
+    dtype = compute_dtype(streams, params.projection)
+    flat = streams.reshape(count, n * width).to(dtype)
+    inverse_rms = torch.linalg.vector_norm(flat, dim=1)
+    inverse_rms.square_().div_(n * width).add_(eps).rsqrt_()
+    raw = torch.mm(flat, params.projection.to(dtype))
+    weight = torch.outer(inverse_rms, params.scale.to(dtype))
+    logits = torch.addcmul(params.bias.to(dtype), raw, weight)
+    gates = torch.sigmoid(logits.narrow(1, 0, 2 * n))
+    slopes = torch.addcmul(gates, gates, gates, value=-1.0)  # sigmoid' = g (1 - g)
+    slopes.narrow(1, n, n).mul_(2.0)  # Hpost = 2 sigmoid
+    res_logits = logits.narrow(1, 2 * n, n * n).view(count, n, n)
+    result, log_iterates = None, []
+    if iterations:
+        result, log_iterates = sinkhorn_forward(res_logits.permute(1, 2, 0), iterations)
+        hres = result.permute(2, 0, 1).contiguous()
+    else:
+        hres = res_logits.contiguous()
+    return DynamicCoefficients(
+        hpre=gates.narrow(1, 0, n).contiguous(), hpost=gates.narrow(1, n, n).mul(2.0),
+        hres=hres, flat=flat,
+        raw=raw, weight=weight, inverse_rms=inverse_rms, slopes=slopes,
+        sinkhorn_result=result, log_iterates=log_iterates,
+    )
 
 
-class _DynamicRead(torch.autograd.Function):
-    """(u, Hpre, Hpost, Hres or Hres~) of one dynamic layer for streams (B, n, C)."""
-
-    @staticmethod
-    def forward(ctx, streams: Tensor, projection: Tensor, scale: Tensor, bias: Tensor,
-                eps: float, iterations: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        count, n, width = streams.shape
-        dtype = compute_dtype(streams, projection)
-        with autocast_disabled(streams.device.type):
-            flat = streams.reshape(count, n * width).to(dtype)
-            inverse_rms = torch.linalg.vector_norm(flat, dim=1)
-            inverse_rms.square_().div_(n * width).add_(eps).rsqrt_()
-            raw = torch.mm(flat, projection.to(dtype))
-            weight = torch.outer(inverse_rms, scale.to(dtype))
-            logits = torch.addcmul(bias.to(dtype), raw, weight)
-            gates = torch.sigmoid(logits[:, : 2 * n])
-            hpre, hpost = gates[:, :n], gates[:, n:] * 2.0
-            # d gate / d logit: sigmoid' for Hpre, 2 sigmoid' for Hpost.
-            slopes = gates * (1.0 - gates)
-            slopes[:, n:] *= 2.0
-            res_logits = logits[:, 2 * n:].view(count, n, n)
-            if iterations:
-                saved = sinkhorn_forward(res_logits.permute(1, 2, 0), iterations)
-                hres = saved.result.permute(2, 0, 1).contiguous()
-            else:
-                saved = SinkhornIterates(*(logits.new_empty(0),) * 3)
-                hres = res_logits.contiguous()
-            hpre = hpre.contiguous()
-            u = branch_input(hpre.to(streams.dtype), streams)
-        ctx.save_for_backward(flat, projection, scale, raw, weight, inverse_rms, slopes, hpre,
-                              *saved)
-        ctx.mark_non_differentiable(hpre)
-        ctx.streams_dtype, ctx.bias_dtype = streams.dtype, bias.dtype
-        return u, hpre, hpost, hres
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, du: Tensor, _dhpre: Tensor, dhpost: Tensor, dhres: Tensor
-                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None]:
-        flat, projection, scale, raw, weight, inverse_rms, slopes, hpre, *saved = (
-            ctx.saved_tensors)
-        count, n, width = flat.shape[0], hpre.shape[1], flat.shape[1] // hpre.shape[1]
-        dtype = flat.dtype
-        streams = flat.view(count, n, width)
-        du = du.to(dtype)
-        dlogits = flat.new_empty((count, 2 * n + n * n))
-        dlogits[:, :n] = torch.bmm(streams, du.unsqueeze(-1)).squeeze(-1)
-        dlogits[:, n: 2 * n] = dhpost
-        dlogits[:, : 2 * n] *= slopes
-        dres = dlogits[:, 2 * n:].view(count, n, n)
-        if saved[0].numel():
-            dres.copy_(sinkhorn_backward(SinkhornIterates(*saved),
-                                         dhres.permute(1, 2, 0)).permute(2, 0, 1))
-        else:
-            dres.copy_(dhres)
-        dbias = dlogits.sum(dim=0)
-        scaled_raw = dlogits * raw
-        dscale = torch.mv(scaled_raw.t(), inverse_rms)
-        dz_w = dlogits.mul_(weight)
-        dprojection = torch.mm(flat.t(), dz_w)
-        dflat = torch.mm(dz_w, projection.to(dtype).t())
-        # Through r: d(1/r)/dx = -x / (nC r^3), times dLoss/d(1/r) = <dz s, x @ Phi>.
-        through_rms = torch.mv(scaled_raw, scale.to(dtype)).mul_(inverse_rms.pow(3))
-        dflat.addcmul_(flat, through_rms.div_(-n * width).unsqueeze(-1))
-        dstreams = dflat.view(count, n, width)
-        dstreams.baddbmm_(hpre.unsqueeze(-1), du.unsqueeze(-2))
-        return (dstreams.to(ctx.streams_dtype), dprojection.to(projection.dtype),
-                dscale.to(scale.dtype), dbias.to(ctx.bias_dtype), None, None)
-
-
-def dynamic_read(config: StreamConfig, streams: Tensor, params: LayerParameters
-                 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-    """(u (B, C), (Hpre, Hpost, Hres)) of a dynamic layer for streams X (B, n, C).
-
-    Eager: one :class:`_DynamicRead` node (Hres by a user projection is applied to its Hres~
-    output under autograd). Under torch.compile or torch.func: plain operations."""
-    if use_reference_operations():
-        with autocast_disabled(streams.device.type):
-            dtype = compute_dtype(streams, params.projection)
-            logits = dynamic_logits_reference(
-                config, streams.to(dtype), LayerParameters(*(p.to(dtype) for p in params)))
-            hpre, hpost, hres = split_logits(config, logits)
-            return branch_input(hpre.to(streams.dtype), streams), (hpre, hpost, hres)
-    u, hpre, hpost, hres = _DynamicRead.apply(
-        streams, params.projection, params.scale, params.bias, config.rms_eps,
-        _fused_iterations(config))
-    if config.constrained and config.constraint != SINKHORN:
-        with autocast_disabled(streams.device.type):
-            hres = project_residual(config, hres)
-    return u, (hpre, hpost, hres)
+def dynamic_coefficients_backward(
+    saved: DynamicCoefficients, params: LayerParameters, d_hpre: Tensor, d_hpost: Tensor,
+    d_res: Tensor, d_flat: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dPhi, ds, dbeta) given dHpre, dHpost and dHres (dHres~ when the forward did not
+    project); adds dLoss/dx through the coefficients into ``d_flat`` (B, nC) in place."""
+    count, n = d_hpre.shape
+    dtype = saved.flat.dtype
+    dlogits = saved.flat.new_empty((count, 2 * n + n * n))
+    torch.mul(d_hpre, saved.slopes.narrow(1, 0, n), out=dlogits.narrow(1, 0, n))
+    torch.mul(d_hpost, saved.slopes.narrow(1, n, n), out=dlogits.narrow(1, n, n))
+    dres = dlogits.narrow(1, 2 * n, n * n).view(count, n, n)
+    if saved.sinkhorn_result is not None:
+        dres.copy_(sinkhorn_backward(saved.sinkhorn_result, saved.log_iterates,
+                                     d_res.permute(1, 2, 0)).permute(2, 0, 1))
+    else:
+        dres.copy_(d_res)
+    dbias = dlogits.sum(dim=0)
+    scaled_raw = dlogits * saved.raw
+    dscale = torch.mv(scaled_raw.t(), saved.inverse_rms)
+    # Through r: d(1/r)/dx = -x / (nC r^3), times dLoss/d(1/r) = <dz s, x @ Phi>.
+    through_rms = torch.mv(scaled_raw, params.scale.to(dtype))
+    through_rms.mul_(saved.inverse_rms.pow(3)).div_(-d_flat.shape[1])
+    dz_w = dlogits.mul_(saved.weight)
+    # (dz w)^T x, transposed back: ~2x faster than x^T (dz w) for this skinny product.
+    dprojection = torch.mm(dz_w.t(), saved.flat).t()
+    projection = params.projection.to(dtype)
+    if d_flat.dtype == dtype:
+        d_flat.addmm_(dz_w, projection.t())
+        d_flat.addcmul_(saved.flat, through_rms.unsqueeze(-1))
+    else:
+        d_flat.add_(torch.addcmul(torch.mm(dz_w, projection.t()), saved.flat,
+                                  through_rms.unsqueeze(-1)))
+    return dprojection, dscale, dbias

@@ -26,17 +26,18 @@ from mhc_spec.streams.config import (
     DEFAULT_RMS_EPS,
     DEFAULT_SINKHORN_ITERATIONS,
 )
-from mhc_torch.projection import autocast_disabled
 from mhc_torch.streams.coefficients import (
     LayerParameters,
-    branch_input,
-    dynamic_read,
     pack_parameters,
     static_coefficients,
 )
-from mhc_torch.streams.mixing import write_streams
-
-Coefficients = tuple[Tensor, Tensor, Tensor]
+from mhc_torch.streams.mixing import (
+    Coefficients,
+    LayerRecord,
+    read_dynamic,
+    read_static,
+    write_streams,
+)
 
 # Attribute name of each portable mixing parameter ("streams.<name>").
 DYNAMIC_NAMES = ("phi_pre", "phi_post", "phi_res", "a_pre", "a_post", "a_res")
@@ -70,17 +71,15 @@ def run_layer(
 ) -> tuple[Tensor, Coefficients]:
     """(X_next, (Hpre, Hpost, Hres)) for X (B, n, C) with B tokens flattened from
     ``token_shape``; coefficients from ``dynamic`` parameters, or the ``static`` Hpre (n,),
-    Hpost (n,), Hres (n, n) of the layer. Every coefficient is returned per token."""
+    Hpost (n,), Hres (n, n) of the layer. Every coefficient is returned per token.
+    """
+    record = LayerRecord()
     if dynamic is not None:
-        u, coefficients = dynamic_read(config, streams, dynamic)
+        u, coefficients = read_dynamic(config, streams, dynamic, record)
     else:
-        count, n = streams.shape[0], config.streams
-        hpre, hpost, hres = static
-        coefficients = (hpre.expand(count, n), hpost.expand(count, n), hres.expand(count, n, n))
-        with autocast_disabled(streams.device.type):
-            u = branch_input(coefficients[0].to(streams.dtype), streams)
+        u, coefficients = read_static(streams, static, record)
     y = _call_block(block, index, u, token_shape)
-    return write_streams(streams, y, coefficients[1], coefficients[2]), coefficients
+    return write_streams(streams, y, coefficients, record), coefficients
 
 
 def resolve_width(width: Any, first_block: nn.Module) -> int:

@@ -1,17 +1,25 @@
-"""The stream update of one layer: X_next[i] = sum_j Hres[i, j] X[j] + Hpost[i] y.
+"""One layer's stream mixing as two autograd nodes with hand-derived reverse modes.
 
-For B tokens, X (B, n, C), y (B, C), Hpost (B, n) and Hres (B, n, n), the update is one
-batched matrix product plus one rank-1 update per token, written into the same output:
+For B tokens with streams X (B, n, C):
 
-    X_next = Hres @ X;   X_next += Hpost[:, :, None] @ y[:, None, :]
+    read:   (Hpre, Hpost, Hres) = coefficients(X);   u = Hpre X              (B, C)
+    write:  X_next = Hres X + Hpost y,   y = F(u)                            (B, n, C)
 
-and its reverse mode is four batched products (the eager node :class:`_WriteStreams`):
+Backward, with G = dLoss/dX_next and du from the branch:
 
-    dX = Hres^T @ dX_next;   dy = Hpost^T dX_next;   dHpost = dX_next @ y;   dHres = dX_next @ X^T
+    write:  [dX; dy] = [Hres, Hpost]^T G      (one product, (B, n+1, C));
+            dHpost = y G^T;   dHres = G X^T
+    read:   dHpre = du X^T;   dX += Hpre du^T + the coefficients' dx      (in place)
 
-Static coefficients arrive as (n,) and (n, n) expanded over the tokens (stride 0); autograd
-sums their gradients over the tokens. The streams keep their dtype (the coefficients and y
-are cast to it, with autocast off, so a float32 residual stream stays float32).
+The write node hands its partial dX and dHres to the layer's read node through a
+:class:`LayerRecord`; only the read node returns dX, so autograd never adds two (B, n, C)
+gradients. The write node depends on the read node through Hpost, so its backward always
+runs first. Hres is an input of the write node only so that a user projection receives its
+gradient; otherwise the read node consumes dHres itself (Sinkhorn's reverse mode included).
+
+Static coefficients arrive per layer, (n,) and (n, n), and are expanded over the tokens;
+their gradients are summed over the tokens. The streams keep their dtype: coefficients and
+y are cast to it, with autocast off, so a float32 residual stream stays float32.
 """
 
 from __future__ import annotations
@@ -20,40 +28,209 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from mhc_spec.streams import StreamConfig
 from mhc_torch.projection import autocast_disabled
+from mhc_torch.streams.coefficients import (
+    DynamicCoefficients,
+    LayerParameters,
+    compute_dtype,
+    dynamic_coefficients,
+    dynamic_coefficients_backward,
+    dynamic_logits_reference,
+    fused_iterations,
+    project_residual,
+    split_logits,
+    user_projection,
+)
 from mhc_torch.streams.sinkhorn import use_reference_operations
+
+Coefficients = tuple[Tensor, Tensor, Tensor]
+
+
+class LayerRecord:
+    """What one layer's read and write nodes share: X from the read for the write's forward,
+    and the write's backward results for the read's: [dX; dy] (B, n+1, C) and dHres."""
+
+    __slots__ = ("dhres", "gradients", "streams")
+
+    def __init__(self) -> None:
+        self.streams: Tensor | None = None
+        self.gradients: Tensor | None = None
+        self.dhres: Tensor | None = None
+
+    def take_gradients(self, streams: Tensor) -> tuple[Tensor, Tensor]:
+        """(dX so far (B, n, C), dHres (B, n, n)) from the write's backward; zeros if it did
+        not run (a loss that does not reach X_next)."""
+        gradients, dhres = self.gradients, self.dhres
+        self.gradients = self.dhres = None
+        count, n, width = streams.shape
+        if gradients is None:
+            gradients = streams.new_zeros((count, n + 1, width))
+        if dhres is None:
+            dhres = streams.new_zeros((count, n, n))
+        return gradients[:, :n], dhres
+
+
+def branch_input(hpre: Tensor, streams: Tensor) -> Tensor:
+    """u = sum_i Hpre[i] X[i]: (B, C) from Hpre (B, n) and X (B, n, C)."""
+    return torch.bmm(hpre.unsqueeze(-2), streams).squeeze(-2)
+
+
+def _row_products(row: Tensor, streams: Tensor) -> Tensor:
+    """<v, X[i]> for every token: (B, n) from v (B, C) and X (B, n, C). As a row vector times
+    X^T: ~2x faster on CPU than bmm's matrix-vector form X v."""
+    return torch.bmm(row.unsqueeze(-2), streams.transpose(-2, -1)).squeeze(-2)
+
+
+class _DynamicRead(torch.autograd.Function):
+    """(u, Hpre, Hpost, Hres or Hres~) of a dynamic layer for streams (B, n, C)."""
+
+    @staticmethod
+    def forward(ctx, streams: Tensor, projection: Tensor, scale: Tensor, bias: Tensor,
+                record: LayerRecord, eps: float, iterations: int, external: bool
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        params = LayerParameters(projection, scale, bias)
+        with autocast_disabled(streams.device.type):
+            saved = dynamic_coefficients(streams, params, eps, iterations)
+            u = branch_input(saved.hpre.to(streams.dtype), streams)
+        record.streams = streams
+        # Intermediates only this node reaches (the Sinkhorn iterates among them) stay plain
+        # attributes, which skips save_for_backward's per-tensor bookkeeping; the outputs
+        # must be saved properly (an output on ctx would be a reference cycle).
+        ctx.saved = saved._replace(hpre=None, hpost=None, hres=None)
+        ctx.record, ctx.external, ctx.bias_dtype = record, external, bias.dtype
+        ctx.save_for_backward(streams, projection, scale, saved.hpre)
+        ctx.mark_non_differentiable(saved.hpre)
+        if not external:
+            ctx.mark_non_differentiable(saved.hres)
+        return u, saved.hpre, saved.hpost, saved.hres
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, du: Tensor, _dhpre: Tensor, dhpost: Tensor, dres: Tensor
+                 ) -> tuple[Tensor | None, ...]:
+        streams, projection, scale, hpre = ctx.saved_tensors
+        saved: DynamicCoefficients = ctx.saved
+        dstreams, dhres = ctx.record.take_gradients(streams)
+        du = du.to(streams.dtype)
+        dhpre = _row_products(du, streams)
+        dstreams.baddbmm_(hpre.to(streams.dtype).unsqueeze(-1), du.unsqueeze(-2))
+        dtype = saved.flat.dtype
+        dprojection, dscale, dbias = dynamic_coefficients_backward(
+            saved, LayerParameters(projection, scale, None), dhpre.to(dtype),
+            dhpost.to(dtype), (dres if ctx.external else dhres).to(dtype),
+            dstreams.view(streams.shape[0], -1))
+        return (dstreams, dprojection.to(projection.dtype), dscale.to(scale.dtype),
+                dbias.to(ctx.bias_dtype), None, None, None, None)
+
+
+class _StaticRead(torch.autograd.Function):
+    """(u, Hpre, Hpost, Hres) per token for streams (B, n, C) and one layer's static Hpre
+    (n,), Hpost (n,), Hres (n, n)."""
+
+    @staticmethod
+    def forward(ctx, streams: Tensor, hpre: Tensor, hpost: Tensor, hres: Tensor,
+                record: LayerRecord) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        count, n = streams.shape[0], hpre.shape[0]
+        tokens_pre = hpre.expand(count, n).contiguous()
+        tokens_res = hres.expand(count, n, n).contiguous()
+        with autocast_disabled(streams.device.type):
+            u = branch_input(tokens_pre.to(streams.dtype), streams)
+        record.streams = streams
+        ctx.record = record
+        ctx.save_for_backward(streams, hpre)
+        ctx.mark_non_differentiable(tokens_pre, tokens_res)
+        return u, tokens_pre, hpost.expand(count, n).contiguous(), tokens_res
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, du: Tensor, _dhpre: Tensor, dhpost: Tensor, _dhres: Tensor
+                 ) -> tuple[Tensor | None, ...]:
+        streams, hpre = ctx.saved_tensors
+        dstreams, dhres = ctx.record.take_gradients(streams)
+        du = du.to(streams.dtype)
+        dhpre = _row_products(du, streams).sum(dim=0)
+        count, n = streams.shape[:2]
+        dstreams.baddbmm_(hpre.to(streams.dtype).expand(count, n).unsqueeze(-1),
+                          du.unsqueeze(-2))
+        return (dstreams, dhpre.to(hpre.dtype), dhpost.sum(dim=0),
+                dhres.sum(dim=0).to(hpre.dtype), None)
 
 
 class _WriteStreams(torch.autograd.Function):
+    """X_next = Hres X + Hpost y, with X from the layer's read (``record``)."""
+
     @staticmethod
-    def forward(ctx, streams: Tensor, y: Tensor, hpost: Tensor, hres: Tensor) -> Tensor:
+    def forward(ctx, y: Tensor, hpost: Tensor, hres: Tensor, record: LayerRecord) -> Tensor:
+        streams, record.streams = record.streams, None
         dtype = streams.dtype
-        y, hpost, hres = y.to(dtype), hpost.to(dtype), hres.to(dtype)
         with autocast_disabled(streams.device.type):
-            out = torch.bmm(hres, streams)
-            out.baddbmm_(hpost.unsqueeze(-1), y.unsqueeze(-2))
-        ctx.save_for_backward(streams, y, hpost, hres)
+            out = torch.bmm(hres.to(dtype), streams)
+            out.baddbmm_(hpost.to(dtype).unsqueeze(-1), y.to(dtype).unsqueeze(-2))
+        ctx.record = record
+        ctx.save_for_backward(y, hpost, hres, streams)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        streams, y, hpost, hres = ctx.saved_tensors
-        grad = grad.to(streams.dtype)
-        needs = ctx.needs_input_grad
-        dstreams = torch.bmm(hres.transpose(-2, -1), grad) if needs[0] else None
-        dy = torch.bmm(hpost.unsqueeze(-2), grad).squeeze(-2) if needs[1] else None
-        dhpost = torch.bmm(grad, y.unsqueeze(-1)).squeeze(-1) if needs[2] else None
-        dhres = torch.bmm(grad, streams.transpose(-2, -1)) if needs[3] else None
-        return dstreams, dy, dhpost, dhres
+        y, hpost, hres, streams = ctx.saved_tensors
+        dtype = streams.dtype
+        grad = grad.to(dtype)
+        mix = torch.cat([hres.to(dtype), hpost.to(dtype).unsqueeze(-1)], dim=-1)
+        gradients = torch.bmm(mix.transpose(-2, -1), grad)  # [Hres^T G; Hpost^T G]
+        dhpost = _row_products(y.to(dtype), grad)
+        dhres = torch.bmm(grad, streams.transpose(-2, -1))
+        record = ctx.record
+        record.gradients = gradients
+        if ctx.needs_input_grad[2]:
+            return gradients[:, -1], dhpost, dhres, None
+        record.dhres = dhres
+        return gradients[:, -1], dhpost, None, None
 
 
-def write_streams(streams: Tensor, y: Tensor, hpost: Tensor, hres: Tensor) -> Tensor:
-    """X_next (B, n, C) = Hres X + Hpost y for X (B, n, C), y (B, C), Hpost (B, n), Hres
-    (B, n, n); one autograd node eagerly, plain operations under torch.compile/torch.func."""
+def read_dynamic(config: StreamConfig, streams: Tensor, params: LayerParameters,
+                 record: LayerRecord) -> tuple[Tensor, Coefficients]:
+    """(u (B, C), (Hpre, Hpost, Hres) per token) of a dynamic layer for X (B, n, C)."""
+    if use_reference_operations():
+        with autocast_disabled(streams.device.type):
+            dtype = compute_dtype(streams, params.projection)
+            logits = dynamic_logits_reference(
+                config, streams.to(dtype), LayerParameters(*(p.to(dtype) for p in params)))
+            hpre, hpost, hres = split_logits(config, logits)
+            return branch_input(hpre.to(streams.dtype), streams), (hpre, hpost, hres)
+    external = user_projection(config)
+    u, hpre, hpost, hres = _DynamicRead.apply(
+        streams, params.projection, params.scale, params.bias, record, config.rms_eps,
+        fused_iterations(config), external)
+    if external:
+        with autocast_disabled(streams.device.type):
+            hres = project_residual(config, hres)
+    return u, (hpre, hpost, hres)
+
+
+def read_static(streams: Tensor, coefficients: Coefficients, record: LayerRecord
+                ) -> tuple[Tensor, Coefficients]:
+    """(u (B, C), (Hpre, Hpost, Hres) per token) for X (B, n, C) and one layer's static
+    Hpre (n,), Hpost (n,), Hres (n, n)."""
+    if use_reference_operations():
+        count, n = streams.shape[0], coefficients[0].shape[0]
+        hpre, hpost, hres = coefficients
+        tokens = (hpre.expand(count, n), hpost.expand(count, n), hres.expand(count, n, n))
+        with autocast_disabled(streams.device.type):
+            return branch_input(tokens[0].to(streams.dtype), streams), tokens
+    u, hpre, hpost, hres = _StaticRead.apply(streams, *coefficients, record)
+    return u, (hpre, hpost, hres)
+
+
+def write_streams(streams: Tensor, y: Tensor, coefficients: Coefficients,
+                  record: LayerRecord) -> Tensor:
+    """X_next (B, n, C) = Hres X + Hpost y for X (B, n, C), y (B, C) and the per-token
+    (Hpre, Hpost, Hres) the layer's read returned."""
+    _, hpost, hres = coefficients
     if use_reference_operations():
         dtype = streams.dtype
         with autocast_disabled(streams.device.type):
             return (hres.to(dtype) @ streams
                     + hpost.to(dtype).unsqueeze(-1) * y.to(dtype).unsqueeze(-2))
-    return _WriteStreams.apply(streams, y, hpost, hres)
+    return _WriteStreams.apply(y, hpost, hres, record)

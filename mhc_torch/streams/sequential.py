@@ -155,27 +155,22 @@ class StreamSequential(nn.Module):
         token_shape = tuple(h.shape[:-1])
         streams = expand_streams(h.reshape(-1, self.width), self.config.streams)
         packed = self.packed_parameters()
-        record: list[tuple[Tensor, Tensor, Tensor]] | None = (
-            [] if self.record_coefficients else None)
         if self.config.dynamic:
-            layers = zip(packed.projection.unbind(0), packed.scale.unbind(0),
-                         packed.bias.unbind(0), strict=True)
-            for index, (block, params) in enumerate(zip(self.blocks, layers, strict=True)):
-                streams, coefficients = run_layer(
-                    self.config, block, index, streams, token_shape,
-                    dynamic=LayerParameters(*params))
-                if record is not None:
-                    record.append(coefficients)
+            layers = [{"dynamic": LayerParameters(*params)} for params in zip(
+                packed.projection.unbind(0), packed.scale.unbind(0), packed.bias.unbind(0),
+                strict=True)]
         else:
             static = static_coefficients(self.config, packed.bias)
-            for index, (block, *coefficients) in enumerate(
-                    zip(self.blocks, *(c.unbind(0) for c in static), strict=True)):
-                streams, coefficients = run_layer(
-                    self.config, block, index, streams, token_shape, static=coefficients)
-                if record is not None:
-                    record.append(coefficients)
-        if record is not None:
-            self.recorded_coefficients = _stack_record(record, token_shape)
+            layers = [{"static": coefficients}
+                      for coefficients in zip(*(c.unbind(0) for c in static), strict=True)]
+        kept: list[tuple[Tensor, Tensor, Tensor]] = []
+        for index, (block, source) in enumerate(zip(self.blocks, layers, strict=True)):
+            streams, coefficients = run_layer(self.config, block, index, streams, token_shape,
+                                              **source)
+            if self.record_coefficients:
+                kept.append(coefficients)
+        if self.record_coefficients:
+            self.recorded_coefficients = _stack_record(kept, token_shape)
         return self.readout(streams).view(*token_shape, self.width)
 
     def to_portable(self) -> dict[str, np.ndarray]:
