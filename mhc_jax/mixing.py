@@ -21,20 +21,13 @@ from mhc_jax.projections import (
     project,
     window_mask,
 )
+from mhc_jax.stacking import resolve_config_options
 from mhc_spec import MHCConfig, check_depth, init_gamma, init_theta
 
 
 def resolve_config(config: MHCConfig | None, options: dict[str, Any]) -> MHCConfig:
     """``config`` itself, or an :class:`MHCConfig` built (and validated) from ``options``."""
-    if config is None:
-        return MHCConfig(**options)
-    if not isinstance(config, MHCConfig):
-        raise TypeError(f"config={config!r} is invalid: config must be an MHCConfig or None.")
-    if options:
-        raise TypeError(
-            f"pass either config or keyword options, not both (got config and {sorted(options)})"
-        )
-    return config
+    return resolve_config_options(config, options, MHCConfig)
 
 
 def mix(y: jax.Array, window: tuple[jax.Array, ...], coefficients: jax.Array) -> jax.Array:

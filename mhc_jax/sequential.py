@@ -44,6 +44,7 @@ from flax import nnx
 
 from mhc_jax.history import History, check_state
 from mhc_jax.mixing import MHCMixing, mix, resolve_config
+from mhc_jax.stacking import collect_blocks
 from mhc_spec import MHCConfig, check_depth
 
 # Layers per scan step are capped so that a very long window does not unroll a huge body.
@@ -139,29 +140,7 @@ class MHCSequential(nnx.Module):
         **options: Any,
     ):
         self.config = resolve_config(config, options)
-        if (blocks is None) == (stacked is None):
-            raise TypeError("pass either blocks (a list of modules) or stacked= (with depth=)")
-        if blocks is not None:
-            blocks = list(blocks)
-            for index, block in enumerate(blocks):
-                if not isinstance(block, nnx.Module):
-                    raise TypeError(
-                        f"blocks[{index}]={block!r} is invalid: every block must be an nnx.Module"
-                    )
-            self.depth = check_depth(len(blocks))
-            self.scan = False
-            self.blocks = nnx.List(blocks)
-        else:
-            self.depth = check_depth(depth)
-            for path, leaf in nnx.to_flat_state(nnx.state(stacked)):
-                if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != self.depth:
-                    raise ValueError(
-                        f"stacked block array {'.'.join(map(str, path))} has shape "
-                        f"{jnp.shape(leaf)}; every array needs a leading axis of depth="
-                        f"{self.depth}"
-                    )
-            self.scan = True
-            self.blocks = stacked
+        self.depth, self.scan, self.blocks = collect_blocks(blocks, stacked, depth)
         self.mixing = MHCMixing(self.config, self.depth, param_dtype=param_dtype)
 
     @classmethod

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mhc_jax.stacking import resolve_config_options
 from mhc_jax.streams.sinkhorn import project_residual
 from mhc_spec.config import check_depth, check_int
 from mhc_spec.streams import StreamConfig, init_parameters
@@ -36,15 +37,7 @@ HIGHEST = jax.lax.Precision.HIGHEST
 
 def resolve_stream_config(config: StreamConfig | None, options: dict[str, Any]) -> StreamConfig:
     """``config`` itself, or a :class:`StreamConfig` built (and validated) from ``options``."""
-    if config is None:
-        return StreamConfig(**options)
-    if not isinstance(config, StreamConfig):
-        raise TypeError(f"config={config!r} is invalid: config must be a StreamConfig or None.")
-    if options:
-        raise TypeError(
-            f"pass either config or keyword options, not both (got config and {sorted(options)})"
-        )
-    return config
+    return resolve_config_options(config, options, StreamConfig)
 
 
 def coefficient_dtype(*dtypes: Any) -> jnp.dtype:
