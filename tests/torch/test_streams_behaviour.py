@@ -302,3 +302,33 @@ def test_portable_errors() -> None:
         model.load_portable({**good, "blocks.2.bias": np.zeros(3)})
     with pytest.raises(ValueError, match=r"'blocks.0.weight' has shape \(3, 2\)"):
         model.load_portable({**good, "blocks.0.weight": np.zeros((3, 2))})
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_gradients_of_a_loss_that_skips_the_update(dynamic: bool) -> None:
+    """A loss on a branch's output alone runs a layer's read node without its write node
+    (the write's hand-off is then empty); gradients still equal the plain-operation path."""
+    outputs: list[torch.Tensor] = []
+
+    class Keep(nn.Linear):
+        def forward(self, u: torch.Tensor) -> torch.Tensor:
+            y = super().forward(u)
+            outputs.append(y)
+            return y
+
+    torch.manual_seed(0)
+    model = StreamSequential([Keep(3, 3, dtype=torch.float64) for _ in range(2)], streams=2,
+                             dynamic=dynamic).double()
+    randomise(model, seed=8)
+    names, values = zip(*model.named_parameters(), strict=True)
+    h = torch.randn(4, 3, dtype=torch.float64)
+
+    def loss(h, *values):
+        outputs.clear()
+        torch.func.functional_call(model, dict(zip(names, values, strict=True)), (h,))
+        return outputs[1].sin().sum()
+
+    eager = torch.autograd.grad(loss(h.requires_grad_(), *values), (h, *values))
+    plain = torch.func.grad(loss, argnums=tuple(range(len(values) + 1)))(h.detach(), *values)
+    for got, want in zip(eager, plain, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
