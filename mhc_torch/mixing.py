@@ -2,8 +2,8 @@
 
 This is the formulation used by :class:`mhc_torch.MHCSkip`, under ``torch.compile``
 (where the compiler fuses it into one pass), without gradients, and under ``torch.func``
-transforms; eager training of :class:`mhc_torch.MHCSequential` uses the equivalent
-:mod:`mhc_torch.tape` instead.
+transforms, and in eager training of :class:`mhc_torch.MHCSequential` with H = 1; eager
+training with H >= 2 uses the equivalent :mod:`mhc_torch.tape` instead.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from mhc_torch.projection import (
     padded_weights,
     window_mask,
 )
-from mhc_torch.tape import run_tape
+from mhc_torch.tape import refuse_in_place_change, run_tape
 
 
 def _collect_blocks(modules: Any) -> list[nn.Module]:
@@ -242,14 +242,17 @@ class MHCSequential(nn.Module):
         eager_training = torch.is_grad_enabled() and not compiling and not _functorch_active()
         if plain_residual:
             out, tail = self._forward_residual(x, carried, norms, keep)
-        elif eager_training:
+        elif eager_training and self.config.max_history > 1:
+            # With H = 1 the skip path is one addcmul per layer, whose built-in autograd node
+            # costs less than a Python step of the tape; the tape pays off from H = 2 on.
             coefficients = self._coefficients(len(carried), x.device)
             out, tail = run_tape(self.layers, x, coefficients, carried=carried,
                                  skip_grads=not self.detach_history, norms=norms,
                                  run_block=self._run_block, keep=keep)
         else:
             coefficients = self._coefficients(len(carried), x.device)
-            out, tail = self._forward_functional(x, carried, coefficients, norms, keep)
+            out, tail = self._forward_functional(x, carried, coefficients, norms, keep,
+                                                 refuse_in_place=eager_training)
         if self.carry_history:
             self._store_history(tail)
         return out
@@ -274,13 +277,20 @@ class MHCSequential(nn.Module):
         return state, [s.detach() for s in states[-keep:]] if keep else []
 
     def _forward_functional(self, x: Tensor, carried: list[Tensor], coefficients: Tensor,
-                            norms: list | None, keep: int) -> tuple[Tensor, list[Tensor]]:
-        """The recurrence with plain tensor operations (compile, no-grad and torch.func)."""
+                            norms: list | None, keep: int, refuse_in_place: bool = False
+                            ) -> tuple[Tensor, list[Tensor]]:
+        """The recurrence with plain tensor operations (compile, no-grad, torch.func, H = 1).
+
+        ``refuse_in_place``: raise like the tape when a block modifies its input in place
+        (eager training, where the version counter is cheap to read)."""
         h = self.config.max_history
         scalars = coefficients.reshape(-1).unbind(0)
         states = [*carried, self._hooked(x, norms, 0)]
         for layer, block in enumerate(self.layers, 1):
+            version = states[-1]._version if refuse_in_place else 0
             y = self._run_block(layer, block, states[-1])
+            if refuse_in_place and states[-1]._version != version:
+                refuse_in_place_change(layer)
             k = min(h, layer + len(carried))
             window = states[-k:]
             if self.detach_history:

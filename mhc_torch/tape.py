@@ -231,8 +231,9 @@ def _guard(tape: _Tape) -> contextlib.AbstractContextManager:
     return torch.autocast(tape.device_type, enabled=False) if tape.autocast else _NO_GUARD
 
 
-def _refuse_in_place(layer: int) -> None:
-    # The window reads the arena row; the skip gradients would bypass the in-place op.
+def refuse_in_place_change(layer: int) -> None:
+    """Raise: layer ``layer``'s block modified its input in place."""
+    # The skip paths read that state again (and their gradients bypass the in-place op).
     raise RuntimeError(
         f"layers[{layer - 1}] modified its input in place (e.g. nn.ReLU(inplace=True) as its "
         "first operation); MHCSequential's skip paths read that state again, so blocks must "
@@ -284,7 +285,7 @@ class _Step(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y: Tensor, previous: Tensor, tape: _Tape, layer: int) -> Tensor:
         if previous._version:
-            _refuse_in_place(layer)
+            refuse_in_place_change(layer)
         flat_y = y.reshape(-1)
         if flat_y.dtype != tape.dtype:
             flat_y = flat_y.to(tape.dtype)
