@@ -41,6 +41,8 @@ RULES: tuple[tuple[str, str], ...] = (
     ("coefficient", COEFFICIENTS),
     ("benchmarks/torch_stacks.py", MIX),   # the residual stack's h + F(h)
 )
+PYTHON = "Python and autograd (outside aten operators)"
+TOP_OPERATORS = 4
 FORWARD_SCOPE = "mhc_bench.forward"
 BACKWARD_SCOPE = "mhc_bench.backward"
 BACKWARD_NODE = "autograd::engine::evaluate_function:"
@@ -83,6 +85,17 @@ def _is_dispatched_operator(event) -> bool:
         parent is None or not parent.name.startswith("aten::"))
 
 
+def _dispatched_operator(event) -> str:
+    """The name of the operator an event's self time is spent under: the outermost aten
+    operator enclosing it (itself included), or :data:`PYTHON` for interpreter time."""
+    operator = None
+    node = event
+    while node is not None and node.name.startswith("aten::"):
+        operator = node.name
+        node = node.cpu_parent
+    return operator or PYTHON
+
+
 def forward_parts(events, rules: Iterable[tuple[str, str]] = RULES) -> dict[int, str]:
     """{sequence_nr: part} of the operators run inside :data:`FORWARD_SCOPE`."""
     rules = tuple(rules)
@@ -90,16 +103,20 @@ def forward_parts(events, rules: Iterable[tuple[str, str]] = RULES) -> dict[int,
             if event.sequence_nr >= 0 and _scope_of(event) == FORWARD_SCOPE}
 
 
-def breakdown(events, steps: int, depth: int,
-              rules: Iterable[tuple[str, str]] = RULES) -> dict[str, object]:
+def breakdown(events, steps: int, depth: int, rules: Iterable[tuple[str, str]] = RULES,
+              top_operators: int = TOP_OPERATORS) -> dict[str, object]:
     """Per-layer, per-step microseconds and aten operator calls (those dispatched from Python
     or the autograd engine; operators nested in them are timed, not counted) of each part,
-    plus the profiled wall time per step (forward and backward scopes)."""
+    its ``top_operators`` costliest dispatched operators ([name, us, calls] per layer
+    and step, nested operators' time included), and the profiled wall time per step
+    (forward and backward scopes)."""
     rules = tuple(rules)
     scoped = [(event, _scope_of(event)) for event in events]
     parts_by_sequence = forward_parts(events, rules)
     micros: dict[str, float] = defaultdict(float)
     operators: dict[str, int] = defaultdict(int)
+    by_operator: dict[str, dict[str, list[float]]] = defaultdict(
+        lambda: defaultdict(lambda: [0.0, 0]))
     wall = 0.0
     for event, scope in scoped:
         if scope is None:
@@ -109,13 +126,23 @@ def breakdown(events, steps: int, depth: int,
         part = classify(event, parts_by_sequence, rules)
         micros[part] += event.self_cpu_time_total
         operators[part] += _is_dispatched_operator(event)
+        entry = by_operator[part][_dispatched_operator(event)]
+        entry[0] += event.self_cpu_time_total
+        entry[1] += _is_dispatched_operator(event)
     per_layer = steps * depth
+
+    def top(part: str) -> list[list[object]]:
+        ranked = sorted(by_operator[part].items(), key=lambda item: -item[1][0])
+        return [[name, micro / per_layer, calls / per_layer]
+                for name, (micro, calls) in ranked[:top_operators]]
+
     return {
         "steps": steps,
         "depth": depth,
         "wall_us_per_step": wall / steps,
         "parts": {part: {"us_per_layer": micros[part] / per_layer,
-                         "aten_calls_per_layer": operators[part] / per_layer}
+                         "aten_calls_per_layer": operators[part] / per_layer,
+                         "top_operators": top(part)}
                   for part in PARTS},
     }
 

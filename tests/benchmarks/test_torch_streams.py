@@ -17,6 +17,7 @@ from benchmarks.stream_profile import (
     BRANCH,
     MIX,
     SINKHORN,
+    breakdown,
     classify,
     forward_parts,
     profile_steps,
@@ -110,6 +111,11 @@ def test_backward_operators_take_the_part_of_their_forward_operator() -> None:
     # The matmuls inside the backward nodes have no Python caller and still count as branch.
     matmuls = [e for e in events if e.name == "aten::mm"]
     assert matmuls and {classify(e, by_sequence) for e in matmuls} == {BRANCH}
+    parts = breakdown(events, steps=1, depth=DEPTH, top_operators=50)["parts"]
+    operators = {part: {name for name, _, _ in parts[part]["top_operators"]} for part in parts}
+    assert {"aten::linear", "aten::mm"} <= operators[BRANCH]   # forward, backward products
+    assert "aten::add" in operators[MIX]                        # h + F(h)
+    assert parts[BRANCH]["aten_calls_per_layer"] > 0
 
 
 def test_ablations_telescope_from_the_residual_to_our_target() -> None:
