@@ -117,6 +117,10 @@ class _Tape:
         self.norms = norms
         self.device_type = x.device.type
         self.autocast = torch.is_autocast_enabled(self.device_type)
+        # the case the steps handle inline: one chunk, skip paths with coefficient gradients,
+        # no highway capture, no autocast
+        self.plain = (len(chunks) == 1 and skip_grads and self.coefficient_grads
+                      and norms is None and not self.autocast)
         self.started = False  # whether the current backward pass has its ring and D
         self.ring: Tensor | None = None
         self.ring_t: Tensor | None = None
@@ -290,7 +294,9 @@ class _Step(torch.autograd.Function):
         if flat_y.dtype != tape.dtype:
             flat_y = flat_y.to(tape.dtype)
         target = tape.targets[layer]
-        if tape.autocast:
+        if tape.plain:  # the common case inline: a Python call here costs like the addmv
+            torch.addmv(flat_y, tape.windows[layer - 1], tape.vectors[layer - 1], out=target)
+        elif tape.autocast:
             with torch.autocast(tape.device_type, enabled=False):
                 tape.mix(layer, flat_y, target)
         else:
@@ -307,6 +313,14 @@ class _Step(torch.autograd.Function):
             _refuse_double_backward()
         tape = ctx.tape
         layer = ctx.layer
+        if tape.plain and tape.started and layer != tape.depth:
+            # tape.pull inline for the common case (skip paths, coefficient gradients, no
+            # highway capture, no autocast)
+            ds = torch.addmv(grad.reshape(-1), tape.ring_t, tape.pull_rows[layer])
+            torch.mv(tape.ring, ctx.saved_tensors[0], out=tape.pair_rows[tape.prefix + layer])
+            tape.ring_rows[layer % tape.h].copy_(ds)
+            # view_as: a torch.Size argument costs more to parse than the whole view
+            return ds.view_as(grad), None, None, None
         if layer == tape.depth or not tape.started:
             tape.start_backward(grad)
         if tape.autocast:
@@ -314,7 +328,6 @@ class _Step(torch.autograd.Function):
                 ds = tape.pull(layer, grad, ctx.saved_tensors)
         else:
             ds = tape.pull(layer, grad, ctx.saved_tensors)
-        # view_as: a torch.Size argument costs more to parse than the whole view
         return (grad if ds is None else ds.view_as(grad)), None, None, None
 
 
