@@ -1,8 +1,9 @@
 """The eager training path of :class:`mhc_torch.MHCSequential`: every state in one arena.
 
-Forward: s_0..s_L are rows of one contiguous arena (after any carried states), so layer l's
-window s_{l-K}..s_{l-1} is a (K, N) slice and its skip path is a single matrix-vector
-product written straight into s_l's row:
+Forward: s_0..s_L are rows of an arena (after any carried states), contiguous within chunks
+of at least ``CHUNK_BYTES``, so layer l's window s_{l-K}..s_{l-1} is a (K, N) slice (two,
+where it crosses a chunk boundary) and its skip path is a matrix-vector product written
+straight into s_l's row:
 
     s_l = y_l + C[l-1, H-K:] @ arena[l-K:l]          (one ``addmv``)
 
