@@ -27,12 +27,12 @@ OTHER = "other"
 PARTS = (BRANCH, COEFFICIENTS, SINKHORN, MIX, OTHER)
 
 # (lower-case substring of an event name, part); checked from the innermost event outwards,
-# the first hit decides. Python events are named "path/file.py(line): function". In
-# mhc_torch.streams one autograd node per layer computes the coefficients (RMSNorm, x' @ phi,
-# sigmoids), calls Sinkhorn and forms the read-in u = sum_i Hpre[i] X[i] (branch_input);
-# the node's backward is one Python function, so the read-in's backward counts as
-# coefficients there. A second node writes X_next = Hres X + Hpost y (mixing.py). Anything
-# else (expand, reduce, the layer loop, gradient accumulation) is "other".
+# the first hit decides. Python events are named "path/file.py(line): function". The parts
+# follow mhc_torch.streams' files: sinkhorn.py, coefficients.py (RMSNorm, x' @ phi,
+# sigmoids, and their backward), mixing.py (the read-in u = sum_i Hpre[i] X[i], the update
+# X_next = Hres X + Hpost y, and their backward); code that one of them calls from another
+# counts where it is written (Sinkhorn called by the coefficients is Sinkhorn). Anything else
+# (expand, reduce, the layer loop, gradient accumulation) is "other".
 RULES: tuple[tuple[str, str], ...] = (
     ("torch/nn/modules/linear.py", BRANCH),
     ("sinkhorn", SINKHORN),

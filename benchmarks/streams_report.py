@@ -4,7 +4,7 @@ hyper-connections 0.4.11, the per-layer profile of ours, and the distance from t
 
 from __future__ import annotations
 
-from benchmarks.stream_profile import COEFFICIENTS, MIX, PARTS, SINKHORN
+from benchmarks.stream_profile import COEFFICIENTS, MIX, PARTS, PYTHON, SINKHORN
 from benchmarks.stream_stacks import OUR_TARGET, OURS, RESIDUAL
 from benchmarks.targets import Results
 
@@ -96,10 +96,10 @@ def profile_lines(payload: dict) -> list[str]:
             f"One profiled run of {steps} steps per stack after 2 warm-up steps, "
             "`with_stack=True`; each event's self time goes to the innermost Python function "
             "or operator naming a part (torch.nn's Linear: branch; `sinkhorn*`: Sinkhorn; "
-            "`branch_input` (the read-in u = sum_i Hpre[i] X[i]), `mixing.py` (X_next = "
-            "Hres X + Hpost y) and the residual's add: stream mix; `coefficients.py`: "
-            "coefficient projection, including the read-in's backward, which runs inside that "
-            "node's backward; the rest, e.g. expand, reduce, the layer loop, gradient "
+            "`branch_input` and `mixing.py` (the read-in u = sum_i Hpre[i] X[i], the update "
+            "X_next = Hres X + Hpost y, their backward) and the residual's add: stream mix; "
+            "`coefficients.py` (RMSNorm, x' @ phi, sigmoids, their backward): coefficient "
+            "projection; the rest, e.g. expand, reduce, the layer loop, gradient "
             "accumulation: other); autograd-engine operators take the part of the forward "
             "operator that created them (sequence number). The profiler adds a cost to every "
             "Python call and operator, so a profiled step is slower than a timed one and parts "
@@ -108,9 +108,14 @@ def profile_lines(payload: dict) -> list[str]:
             "exact.", "", *_table(header, rows), *top_operator_lines(profiles)]
 
 
-def _operators(part: dict) -> str:
-    return ", ".join(f"`{name}` {micros:.0f} us ({calls:.0f} calls)"
-                     for name, micros, calls in part.get("top_operators", []))
+def _operators(part: dict, count: int | None = None) -> str:
+    """``count`` (default all) recorded costliest operators as `name` us (calls)."""
+    def one(name: str, micros: float, calls: float) -> str:
+        if name == PYTHON:
+            return f"Python and autograd outside operators {micros:.0f} us"
+        return f"`{name}` {micros:.0f} us ({calls:.0f} call{'s' if round(calls) != 1 else ''})"
+
+    return ", ".join(one(*entry) for entry in part.get("top_operators", [])[:count])
 
 
 def top_operator_lines(profiles: dict) -> list[str]:
@@ -191,7 +196,7 @@ def paper_lines(payload: dict) -> list[str]:
         f"{mix['aten_calls_per_layer']:.0f} operator calls per layer and step, views "
         "included (read-in, Hres X + Hpost y and their backward, batched products of "
         f"{batch} ({n} x {n}) x ({n} x {width}) matrices), {mix['us_per_layer']:.0f} us "
-        f"(mostly {_operators(mix)}) against {residual_mix['us_per_layer']:.0f} us for the "
+        f"(mostly {_operators(mix, 2)}) against {residual_mix['us_per_layer']:.0f} us for the "
         "residual's add; the paper's kernels read and write the state once per layer. "
         f"(2) Coefficients: x' (B, nC) @ phi (nC, n^2 + 2n) is "
         f"{projection_flops / 1e6:.0f} Mflop forward against the branch's "
