@@ -7,8 +7,7 @@ For B tokens with streams X (B, n, C):
 
 Backward, with G = dLoss/dX_next and du from the branch:
 
-    write:  [dX; dy] = [Hres, Hpost]^T G      (one product, (B, n+1, C));
-            dHpost = y G^T;   dHres = G X^T
+    write:  dX = Hres^T G;   dy = Hpost^T G;   dHpost = y G^T;   dHres = G X^T
     read:   dHpre = du X^T;   dX += Hpre du^T + the coefficients' dx      (in place)
 
 The write node hands its partial dX and dHres to the layer's read node through a
@@ -49,7 +48,7 @@ Coefficients = tuple[Tensor, Tensor, Tensor]
 
 class LayerRecord:
     """What one layer's read and write nodes share: X from the read for the write's forward,
-    and the write's backward results for the read's: [dX; dy] (B, n+1, C) and dHres."""
+    and the write's backward results for the read's: dX so far (B, n, C) and dHres."""
 
     __slots__ = ("dhres", "gradients", "streams")
 
@@ -60,15 +59,15 @@ class LayerRecord:
 
     def take_gradients(self, streams: Tensor) -> tuple[Tensor, Tensor]:
         """(dX so far (B, n, C), dHres (B, n, n)) from the write's backward; zeros if it did
-        not run (a loss that does not reach X_next)."""
+        not run (a loss that does not reach X_next). The read adds its terms in place."""
         gradients, dhres = self.gradients, self.dhres
         self.gradients = self.dhres = None
         count, n, width = streams.shape
         if gradients is None:
-            gradients = streams.new_zeros((count, n + 1, width))
+            gradients = streams.new_zeros((count, n, width))
         if dhres is None:
             dhres = streams.new_zeros((count, n, n))
-        return gradients[:, :n], dhres
+        return gradients, dhres
 
 
 def branch_input(hpre: Tensor, streams: Tensor) -> Tensor:
@@ -114,7 +113,7 @@ class _DynamicRead(torch.autograd.Function):
         dstreams, dhres = ctx.record.take_gradients(streams)
         du = du.to(streams.dtype)
         dhpre = _row_products(du, streams)
-        dstreams.baddbmm_(hpre.to(streams.dtype).unsqueeze(-1), du.unsqueeze(-2))
+        dstreams.addcmul_(hpre.to(streams.dtype).unsqueeze(-1), du.unsqueeze(-2))
         dtype = saved.flat.dtype
         dprojection, dscale, dbias = dynamic_coefficients_backward(
             saved, LayerParameters(projection, scale, None), dhpre.to(dtype),
@@ -150,9 +149,7 @@ class _StaticRead(torch.autograd.Function):
         dstreams, dhres = ctx.record.take_gradients(streams)
         du = du.to(streams.dtype)
         dhpre = _row_products(du, streams).sum(dim=0)
-        count, n = streams.shape[:2]
-        dstreams.baddbmm_(hpre.to(streams.dtype).expand(count, n).unsqueeze(-1),
-                          du.unsqueeze(-2))
+        dstreams.addcmul_(hpre.to(streams.dtype).unsqueeze(-1), du.unsqueeze(-2))
         return (dstreams, dhpre.to(hpre.dtype), dhpost.sum(dim=0),
                 dhres.sum(dim=0).to(hpre.dtype), None)
 
@@ -166,7 +163,7 @@ class _WriteStreams(torch.autograd.Function):
         dtype = streams.dtype
         with autocast_disabled(streams.device.type):
             out = torch.bmm(hres.to(dtype), streams)
-            out.baddbmm_(hpost.to(dtype).unsqueeze(-1), y.to(dtype).unsqueeze(-2))
+            out.addcmul_(hpost.to(dtype).unsqueeze(-1), y.to(dtype).unsqueeze(-2))
         ctx.record = record
         ctx.save_for_backward(y, hpost, hres, streams)
         return out
@@ -177,16 +174,16 @@ class _WriteStreams(torch.autograd.Function):
         y, hpost, hres, streams = ctx.saved_tensors
         dtype = streams.dtype
         grad = grad.to(dtype)
-        mix = torch.cat([hres.to(dtype), hpost.to(dtype).unsqueeze(-1)], dim=-1)
-        gradients = torch.bmm(mix.transpose(-2, -1), grad)  # [Hres^T G; Hpost^T G]
+        gradients = torch.bmm(hres.to(dtype).transpose(-2, -1), grad)
+        dy = torch.bmm(hpost.to(dtype).unsqueeze(-2), grad).squeeze(-2)
         dhpost = _row_products(y.to(dtype), grad)
         dhres = torch.bmm(grad, streams.transpose(-2, -1))
         record = ctx.record
         record.gradients = gradients
         if ctx.needs_input_grad[2]:
-            return gradients[:, -1], dhpost, dhres, None
+            return dy, dhpost, dhres, None
         record.dhres = dhres
-        return gradients[:, -1], dhpost, None, None
+        return dy, dhpost, None, None
 
 
 def read_dynamic(config: StreamConfig, streams: Tensor, params: LayerParameters,

@@ -17,7 +17,8 @@ dx = dy - exp(y) sum(dy) (over the same axis), starting from dL_{2T} = G * SK(Z)
 
 The kernels work on the "tokens last" layout (n, n, N): a matrix entry is then a contiguous
 vector over the N matrices, so every call is vectorised over the tokens instead of looping
-over n x n matrices. The 2T log-iterates, 2T n^2 N numbers, are kept rather than recomputed.
+over n x n matrices. The 2T log-iterates, 2T n^2 N numbers, are kept rather than
+recomputed.
 """
 
 from __future__ import annotations
