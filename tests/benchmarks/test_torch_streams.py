@@ -163,3 +163,9 @@ def test_stream_targets_and_report_from_synthetic_results() -> None:
     # Ablation rows in us per layer: (1.3 - 1.0) / 24 s, (1.6 - 1.3) / 24 s, (1.9 - 1.6) / 24 s.
     assert text.count("| 12500 |") == 3
     assert "peer static HC: not measured" in text
+    assert "DISTURBED" not in text and "for the residual's add" in text
+    # A profile slower than 1.5x the timed median was hit by other load: said, not used.
+    results["torch_streams"]["profile"][RESIDUAL]["wall_us_per_step"] = 2e6
+    text = render(results)
+    assert "DISTURBED: the profile of `residual`" in text
+    assert "for the residual's add" not in text
