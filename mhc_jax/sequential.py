@@ -44,7 +44,7 @@ from flax import nnx
 
 from mhc_jax.history import History, check_state
 from mhc_jax.mixing import MHCMixing, mix, resolve_config
-from mhc_jax.stacking import collect_blocks
+from mhc_jax.stacking import collect_blocks, stacked_blocks
 from mhc_spec import MHCConfig, check_depth
 
 # Layers per scan step are capped so that a very long window does not unroll a huge body.
@@ -157,14 +157,8 @@ class MHCSequential(nnx.Module):
         """The scan build: ``depth`` blocks ``make_block(rngs)`` with independent
         initialisations, parameters stacked along a leading axis L."""
         resolved = resolve_config(config, options)
-        depth = check_depth(depth)
-
-        @nnx.split_rngs(splits=depth)
-        @nnx.vmap(in_axes=(0,), out_axes=0)
-        def create(layer_rngs: nnx.Rngs) -> nnx.Module:
-            return make_block(layer_rngs)
-
-        return cls(stacked=create(rngs), depth=depth, config=resolved, param_dtype=param_dtype)
+        return cls(stacked=stacked_blocks(make_block, depth, rngs), depth=check_depth(depth),
+                   config=resolved, param_dtype=param_dtype)
 
     @property
     def max_history(self) -> int:

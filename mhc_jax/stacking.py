@@ -3,7 +3,7 @@ the blocks as a list (Python loop build) or one module with stacked arrays (scan
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import jax.numpy as jnp
@@ -51,3 +51,16 @@ def collect_blocks(blocks: Iterable[nnx.Module] | None, stacked: nnx.Module | No
                 f"{jnp.shape(leaf)}; every array needs a leading axis of depth={depth}"
             )
     return depth, True, stacked
+
+
+def stacked_blocks(make_block: Callable[[nnx.Rngs], nnx.Module], depth: int,
+                   rngs: nnx.Rngs) -> nnx.Module:
+    """``depth`` blocks ``make_block(rngs)`` with independent initialisations, as one module
+    whose arrays have a leading axis L (the scan build's ``stacked``)."""
+
+    @nnx.split_rngs(splits=check_depth(depth))
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def create(layer_rngs: nnx.Rngs) -> nnx.Module:
+        return make_block(layer_rngs)
+
+    return create(rngs)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mhc_jax.stacking import collect_blocks
+from mhc_jax.stacking import collect_blocks, stacked_blocks
 from mhc_jax.streams.coefficients import (
     LayerCoefficients,
     StreamMixing,
@@ -122,13 +122,8 @@ class StreamSequential(nnx.Module):
         if width is not None:
             check_int("width", width, 1)
 
-        @nnx.split_rngs(splits=depth)
-        @nnx.vmap(in_axes=(0,), out_axes=0)
-        def create(layer_rngs: nnx.Rngs) -> nnx.Module:
-            return make_block(layer_rngs)
-
-        return cls(stacked=create(rngs), depth=depth, width=width, config=resolved,
-                   param_dtype=param_dtype)
+        return cls(stacked=stacked_blocks(make_block, depth, rngs), depth=depth, width=width,
+                   config=resolved, param_dtype=param_dtype)
 
     @property
     def streams(self) -> int:
