@@ -74,6 +74,11 @@ def header_section(results: Results) -> list[str]:
             f"{load(run.get('load_after'))}",
             f"- Machine shared during the run: {run.get('shared_summary', 'unknown')}",
         ]
+    dates = {name: p["machine"].get("date", "n/a")[:16] for name, p in results.items()
+             if name != "run" and "machine" in p}
+    if len(set(dates.values()) | {str(described.get("date", "n/a"))[:16]}) > 1:
+        lines.append("- Partial reruns: result files measured at other times than the run "
+                     "above (UTC): " + ", ".join(f"{n} {d}" for n, d in sorted(dates.items())))
     return [*lines, ""]
 
 
