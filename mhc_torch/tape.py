@@ -76,8 +76,8 @@ def _pull_matrix(coefficients: Tensor) -> Tensor:
 
 # A chunk of the arena holds at least this many bytes (and at least H rows): small states
 # share one chunk; large ones get several, so the backward frees the arena chunk by chunk
-# as it passes (as a residual stack frees each state) instead of holding all of it to the
-# end, which also keeps the allocator from growing and trimming the heap every step.
+# as it passes (as a residual stack frees each state) instead of holding all of it while
+# the weight gradients pile up.
 CHUNK_BYTES = 4 << 20
 
 
