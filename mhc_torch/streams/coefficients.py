@@ -64,6 +64,12 @@ def pack_parameters(
     return LayerParameters(projection, scale, bias)
 
 
+def as_dtype(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    """``tensor`` in ``dtype``, skipping the dispatch of a no-op ``to`` (the eager nodes make
+    dozens of these calls per layer)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
 def compute_dtype(streams: Tensor, parameter: Tensor) -> torch.dtype:
     """The coefficients' precision: the wider of the streams' and the parameters' dtypes."""
     return torch.promote_types(streams.dtype, parameter.dtype)
@@ -142,12 +148,12 @@ def dynamic_coefficients(streams: Tensor, params: LayerParameters, eps: float,
     in the compute dtype, without autograd."""
     count, n, width = streams.shape
     dtype = compute_dtype(streams, params.projection)
-    flat = streams.reshape(count, n * width).to(dtype)
+    flat = as_dtype(streams.reshape(count, n * width), dtype)
     inverse_rms = torch.linalg.vector_norm(flat, dim=1)
     inverse_rms.square_().div_(n * width).add_(eps).rsqrt_()
-    raw = torch.mm(flat, params.projection.to(dtype))
-    weight = torch.outer(inverse_rms, params.scale.to(dtype))
-    logits = torch.addcmul(params.bias.to(dtype), raw, weight)
+    raw = torch.mm(flat, as_dtype(params.projection, dtype))
+    weight = torch.outer(inverse_rms, as_dtype(params.scale, dtype))
+    logits = torch.addcmul(as_dtype(params.bias, dtype), raw, weight)
     gates = torch.sigmoid(logits.narrow(1, 0, 2 * n))
     slopes = torch.addcmul(gates, gates, gates, value=-1.0)  # sigmoid' = g (1 - g)
     slopes.narrow(1, n, n).mul_(2.0)  # Hpost = 2 sigmoid
@@ -159,7 +165,7 @@ def dynamic_coefficients(streams: Tensor, params: LayerParameters, eps: float,
     else:
         hres = res_logits.contiguous()
     return DynamicCoefficients(
-        hpre=gates.narrow(1, 0, n).contiguous(), hpost=gates.narrow(1, n, n).mul(2.0),
+        hpre=gates.narrow(1, 0, n), hpost=gates.narrow(1, n, n).mul(2.0),
         hres=hres, flat=flat,
         raw=raw, weight=weight, inverse_rms=inverse_rms, slopes=slopes,
         sinkhorn_result=result, log_iterates=log_iterates,
@@ -187,12 +193,12 @@ def dynamic_coefficients_backward(
     scaled_raw = dlogits * saved.raw
     dscale = torch.mv(scaled_raw.t(), saved.inverse_rms)
     # Through r: d(1/r)/dx = -x / (nC r^3), times dLoss/d(1/r) = <dz s, x @ Phi>.
-    through_rms = torch.mv(scaled_raw, params.scale.to(dtype))
+    through_rms = torch.mv(scaled_raw, as_dtype(params.scale, dtype))
     through_rms.mul_(saved.inverse_rms.pow(3)).div_(-d_flat.shape[1])
     dz_w = dlogits.mul_(saved.weight)
     # (dz w)^T x, transposed back: ~2x faster than x^T (dz w) for this skinny product.
     dprojection = torch.mm(dz_w.t(), saved.flat).t()
-    projection = params.projection.to(dtype)
+    projection = as_dtype(params.projection, dtype)
     if d_flat.dtype == dtype:
         d_flat.addmm_(dz_w, projection.t())
         d_flat.addcmul_(saved.flat, through_rms.unsqueeze(-1))

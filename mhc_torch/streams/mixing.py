@@ -32,6 +32,7 @@ from mhc_torch.projection import autocast_disabled
 from mhc_torch.streams.coefficients import (
     DynamicCoefficients,
     LayerParameters,
+    as_dtype,
     compute_dtype,
     dynamic_coefficients,
     dynamic_coefficients_backward,
@@ -81,6 +82,24 @@ def _row_products(row: Tensor, streams: Tensor) -> Tensor:
     return torch.bmm(row.unsqueeze(-2), streams.transpose(-2, -1)).squeeze(-2)
 
 
+def _or_zeros(grad: Tensor | None, like: Tensor, dtype: torch.dtype,
+              shape: tuple[int, ...] | None = None) -> Tensor:
+    """``grad`` in ``dtype``, or zeros (of ``like``'s shape) when autograd passed None."""
+    if grad is None:
+        return like.new_zeros(like.shape if shape is None else shape, dtype=dtype)
+    return as_dtype(grad, dtype)
+
+
+def _branch_input_backward(du: Tensor | None, hpre: Tensor, streams: Tensor,
+                           dstreams: Tensor) -> Tensor:
+    """dHpre = du X^T (B, n); adds Hpre du^T to dX in place (nothing if u got no gradient)."""
+    if du is None:
+        return streams.new_zeros(streams.shape[:2])
+    du = as_dtype(du, streams.dtype)
+    dstreams.addcmul_(as_dtype(hpre, streams.dtype).unsqueeze(-1), du.unsqueeze(-2))
+    return _row_products(du, streams)
+
+
 class _DynamicRead(torch.autograd.Function):
     """(u, Hpre, Hpost, Hres or Hres~) of a dynamic layer for streams (B, n, C)."""
 
@@ -91,13 +110,14 @@ class _DynamicRead(torch.autograd.Function):
         params = LayerParameters(projection, scale, bias)
         with autocast_disabled(streams.device.type):
             saved = dynamic_coefficients(streams, params, eps, iterations)
-            u = branch_input(saved.hpre.to(streams.dtype), streams)
+            u = branch_input(as_dtype(saved.hpre, streams.dtype), streams)
         record.streams = streams
         # Intermediates only this node reaches (the Sinkhorn iterates among them) stay plain
         # attributes, which skips save_for_backward's per-tensor bookkeeping; the outputs
         # must be saved properly (an output on ctx would be a reference cycle).
         ctx.saved = saved._replace(hpre=None, hpost=None, hres=None)
         ctx.record, ctx.external, ctx.bias_dtype = record, external, bias.dtype
+        ctx.set_materialize_grads(False)  # no zero tensors for Hpre, Hres (never used)
         ctx.save_for_backward(streams, projection, scale, saved.hpre)
         ctx.mark_non_differentiable(saved.hpre)
         if not external:
@@ -111,16 +131,17 @@ class _DynamicRead(torch.autograd.Function):
         streams, projection, scale, hpre = ctx.saved_tensors
         saved: DynamicCoefficients = ctx.saved
         dstreams, dhres = ctx.record.take_gradients(streams)
-        du = du.to(streams.dtype)
-        dhpre = _row_products(du, streams)
-        dstreams.addcmul_(hpre.to(streams.dtype).unsqueeze(-1), du.unsqueeze(-2))
         dtype = saved.flat.dtype
+        dhpre = _branch_input_backward(du, hpre, streams, dstreams)
         dprojection, dscale, dbias = dynamic_coefficients_backward(
-            saved, LayerParameters(projection, scale, None), dhpre.to(dtype),
-            dhpost.to(dtype), (dres if ctx.external else dhres).to(dtype),
+            saved, LayerParameters(projection, scale, None), as_dtype(dhpre, dtype),
+            _or_zeros(dhpost, hpre, dtype),
+            as_dtype(_or_zeros(dres, streams, streams.dtype, (streams.shape[0], hpre.shape[1],
+                                                              hpre.shape[1]))
+                     if ctx.external else dhres, dtype),
             dstreams.view(streams.shape[0], -1))
-        return (dstreams, dprojection.to(projection.dtype), dscale.to(scale.dtype),
-                dbias.to(ctx.bias_dtype), None, None, None, None)
+        return (dstreams, as_dtype(dprojection, projection.dtype), as_dtype(dscale, scale.dtype),
+                as_dtype(dbias, ctx.bias_dtype), None, None, None, None)
 
 
 class _StaticRead(torch.autograd.Function):
@@ -134,9 +155,10 @@ class _StaticRead(torch.autograd.Function):
         tokens_pre = hpre.expand(count, n).contiguous()
         tokens_res = hres.expand(count, n, n).contiguous()
         with autocast_disabled(streams.device.type):
-            u = branch_input(tokens_pre.to(streams.dtype), streams)
+            u = branch_input(as_dtype(tokens_pre, streams.dtype), streams)
         record.streams = streams
         ctx.record = record
+        ctx.set_materialize_grads(False)  # no zero tensors for Hpre, Hres (never used)
         ctx.save_for_backward(streams, hpre)
         ctx.mark_non_differentiable(tokens_pre, tokens_res)
         return u, tokens_pre, hpost.expand(count, n).contiguous(), tokens_res
@@ -147,11 +169,10 @@ class _StaticRead(torch.autograd.Function):
                  ) -> tuple[Tensor | None, ...]:
         streams, hpre = ctx.saved_tensors
         dstreams, dhres = ctx.record.take_gradients(streams)
-        du = du.to(streams.dtype)
-        dhpre = _row_products(du, streams).sum(dim=0)
-        dstreams.addcmul_(hpre.to(streams.dtype).unsqueeze(-1), du.unsqueeze(-2))
-        return (dstreams, dhpre.to(hpre.dtype), dhpost.sum(dim=0),
-                dhres.sum(dim=0).to(hpre.dtype), None)
+        dhpre = _branch_input_backward(du, hpre, streams, dstreams).sum(dim=0)
+        dhpost = torch.zeros_like(hpre) if dhpost is None else dhpost.sum(dim=0)
+        return (dstreams, as_dtype(dhpre, hpre.dtype), dhpost,
+                as_dtype(dhres.sum(dim=0), hpre.dtype), None)
 
 
 class _WriteStreams(torch.autograd.Function):
@@ -162,8 +183,8 @@ class _WriteStreams(torch.autograd.Function):
         streams, record.streams = record.streams, None
         dtype = streams.dtype
         with autocast_disabled(streams.device.type):
-            out = torch.bmm(hres.to(dtype), streams)
-            out.addcmul_(hpost.to(dtype).unsqueeze(-1), y.to(dtype).unsqueeze(-2))
+            out = torch.bmm(as_dtype(hres, dtype), streams)
+            out.addcmul_(as_dtype(hpost, dtype).unsqueeze(-1), as_dtype(y, dtype).unsqueeze(-2))
         ctx.record = record
         ctx.save_for_backward(y, hpost, hres, streams)
         return out
@@ -173,10 +194,10 @@ class _WriteStreams(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         y, hpost, hres, streams = ctx.saved_tensors
         dtype = streams.dtype
-        grad = grad.to(dtype)
-        gradients = torch.bmm(hres.to(dtype).transpose(-2, -1), grad)
-        dy = torch.bmm(hpost.to(dtype).unsqueeze(-2), grad).squeeze(-2)
-        dhpost = _row_products(y.to(dtype), grad)
+        grad = as_dtype(grad, dtype)
+        gradients = torch.bmm(as_dtype(hres, dtype).transpose(-2, -1), grad)
+        dy = torch.bmm(as_dtype(hpost, dtype).unsqueeze(-2), grad).squeeze(-2)
+        dhpost = _row_products(as_dtype(y, dtype), grad)
         dhres = torch.bmm(grad, streams.transpose(-2, -1))
         record = ctx.record
         record.gradients = gradients
