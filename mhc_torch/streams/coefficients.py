@@ -174,10 +174,11 @@ def dynamic_coefficients(streams: Tensor, params: LayerParameters, eps: float,
 
 def dynamic_coefficients_backward(
     saved: DynamicCoefficients, params: LayerParameters, d_hpre: Tensor, d_hpost: Tensor,
-    d_res: Tensor, d_flat: Tensor,
+    d_res: Tensor, d_flat: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dPhi, ds, dbeta) given dHpre, dHpost and dHres (dHres~ when the forward did not
-    project); adds dLoss/dx through the coefficients into ``d_flat`` (B, nC) in place."""
+    project); adds dLoss/dx through the coefficients into ``d_flat`` (B, nC) in place
+    unless it is None (x needs no gradient)."""
     count, n = d_hpre.shape
     dtype = saved.flat.dtype
     dlogits = saved.flat.new_empty((count, 2 * n + n * n))
@@ -192,12 +193,14 @@ def dynamic_coefficients_backward(
     dbias = dlogits.sum(dim=0)
     scaled_raw = dlogits * saved.raw
     dscale = torch.mv(scaled_raw.t(), saved.inverse_rms)
-    # Through r: d(1/r)/dx = -x / (nC r^3), times dLoss/d(1/r) = <dz s, x @ Phi>.
-    through_rms = torch.mv(scaled_raw, as_dtype(params.scale, dtype))
-    through_rms.mul_(saved.inverse_rms.pow(3)).div_(-d_flat.shape[1])
     dz_w = dlogits.mul_(saved.weight)
     # (dz w)^T x, transposed back: ~2x faster than x^T (dz w) for this skinny product.
     dprojection = torch.mm(dz_w.t(), saved.flat).t()
+    if d_flat is None:
+        return dprojection, dscale, dbias
+    # Through r: d(1/r)/dx = -x / (nC r^3), times dLoss/d(1/r) = <dz s, x @ Phi>.
+    through_rms = torch.mv(scaled_raw, as_dtype(params.scale, dtype))
+    through_rms.mul_(saved.inverse_rms.pow(3)).div_(-d_flat.shape[1])
     projection = as_dtype(params.projection, dtype)
     if d_flat.dtype == dtype:
         d_flat.addmm_(dz_w, projection.t())

@@ -48,23 +48,26 @@ Coefficients = tuple[Tensor, Tensor, Tensor]
 
 
 class LayerRecord:
-    """What one layer's read and write nodes share: X from the read for the write's forward,
-    and the write's backward results for the read's: dX so far (B, n, C) and dHres."""
+    """What one layer's read and write nodes share: X (and whether it needs a gradient) from
+    the read for the write, and the write's backward results for the read's backward: dX so
+    far (B, n, C) and dHres."""
 
-    __slots__ = ("dhres", "gradients", "streams")
+    __slots__ = ("dhres", "gradients", "streams", "streams_grad")
 
     def __init__(self) -> None:
         self.streams: Tensor | None = None
+        self.streams_grad = False
         self.gradients: Tensor | None = None
         self.dhres: Tensor | None = None
 
-    def take_gradients(self, streams: Tensor) -> tuple[Tensor, Tensor]:
-        """(dX so far (B, n, C), dHres (B, n, n)) from the write's backward; zeros if it did
-        not run (a loss that does not reach X_next). The read adds its terms in place."""
+    def take_gradients(self, streams: Tensor) -> tuple[Tensor | None, Tensor]:
+        """(dX so far (B, n, C) or None when X needs no gradient, dHres (B, n, n)) from the
+        write's backward; zeros if it did not run (a loss that does not reach X_next). The
+        read adds its terms to dX in place."""
         gradients, dhres = self.gradients, self.dhres
         self.gradients = self.dhres = None
         count, n, width = streams.shape
-        if gradients is None:
+        if gradients is None and self.streams_grad:
             gradients = streams.new_zeros((count, n, width))
         if dhres is None:
             dhres = streams.new_zeros((count, n, n))
@@ -82,21 +85,14 @@ def _row_products(row: Tensor, streams: Tensor) -> Tensor:
     return torch.bmm(row.unsqueeze(-2), streams.transpose(-2, -1)).squeeze(-2)
 
 
-def _or_zeros(grad: Tensor | None, like: Tensor, dtype: torch.dtype,
-              shape: tuple[int, ...] | None = None) -> Tensor:
-    """``grad`` in ``dtype``, or zeros (of ``like``'s shape) when autograd passed None."""
-    if grad is None:
-        return like.new_zeros(like.shape if shape is None else shape, dtype=dtype)
-    return as_dtype(grad, dtype)
-
-
 def _branch_input_backward(du: Tensor | None, hpre: Tensor, streams: Tensor,
-                           dstreams: Tensor) -> Tensor:
+                           dstreams: Tensor | None) -> Tensor:
     """dHpre = du X^T (B, n); adds Hpre du^T to dX in place (nothing if u got no gradient)."""
     if du is None:
         return streams.new_zeros(streams.shape[:2])
     du = as_dtype(du, streams.dtype)
-    dstreams.addcmul_(as_dtype(hpre, streams.dtype).unsqueeze(-1), du.unsqueeze(-2))
+    if dstreams is not None:
+        dstreams.addcmul_(as_dtype(hpre, streams.dtype).unsqueeze(-1), du.unsqueeze(-2))
     return _row_products(du, streams)
 
 
@@ -111,7 +107,7 @@ class _DynamicRead(torch.autograd.Function):
         with autocast_disabled(streams.device.type):
             saved = dynamic_coefficients(streams, params, eps, iterations)
             u = branch_input(as_dtype(saved.hpre, streams.dtype), streams)
-        record.streams = streams
+        record.streams, record.streams_grad = streams, ctx.needs_input_grad[0]
         # Intermediates only this node reaches (the Sinkhorn iterates among them) stay plain
         # attributes, which skips save_for_backward's per-tensor bookkeeping; the outputs
         # must be saved properly (an output on ctx would be a reference cycle).
@@ -133,13 +129,14 @@ class _DynamicRead(torch.autograd.Function):
         dstreams, dhres = ctx.record.take_gradients(streams)
         dtype = saved.flat.dtype
         dhpre = _branch_input_backward(du, hpre, streams, dstreams)
+        if dhpost is None:
+            dhpost = torch.zeros_like(hpre)
+        if ctx.external and dres is not None:
+            dhres = dres  # dLoss/dHres~ through the user's projection
         dprojection, dscale, dbias = dynamic_coefficients_backward(
             saved, LayerParameters(projection, scale, None), as_dtype(dhpre, dtype),
-            _or_zeros(dhpost, hpre, dtype),
-            as_dtype(_or_zeros(dres, streams, streams.dtype, (streams.shape[0], hpre.shape[1],
-                                                              hpre.shape[1]))
-                     if ctx.external else dhres, dtype),
-            dstreams.view(streams.shape[0], -1))
+            as_dtype(dhpost, dtype), as_dtype(dhres, dtype),
+            None if dstreams is None else dstreams.view(streams.shape[0], -1))
         return (dstreams, as_dtype(dprojection, projection.dtype), as_dtype(dscale, scale.dtype),
                 as_dtype(dbias, ctx.bias_dtype), None, None, None, None)
 
@@ -156,7 +153,7 @@ class _StaticRead(torch.autograd.Function):
         tokens_res = hres.expand(count, n, n).contiguous()
         with autocast_disabled(streams.device.type):
             u = branch_input(as_dtype(tokens_pre, streams.dtype), streams)
-        record.streams = streams
+        record.streams, record.streams_grad = streams, ctx.needs_input_grad[0]
         ctx.record = record
         ctx.set_materialize_grads(False)  # no zero tensors for Hpre, Hres (never used)
         ctx.save_for_backward(streams, hpre)
@@ -195,12 +192,12 @@ class _WriteStreams(torch.autograd.Function):
         y, hpost, hres, streams = ctx.saved_tensors
         dtype = streams.dtype
         grad = as_dtype(grad, dtype)
-        gradients = torch.bmm(as_dtype(hres, dtype).transpose(-2, -1), grad)
+        record = ctx.record
+        if record.streams_grad:
+            record.gradients = torch.bmm(as_dtype(hres, dtype).transpose(-2, -1), grad)
         dy = torch.bmm(as_dtype(hpost, dtype).unsqueeze(-2), grad).squeeze(-2)
         dhpost = _row_products(as_dtype(y, dtype), grad)
         dhres = torch.bmm(grad, streams.transpose(-2, -1))
-        record = ctx.record
-        record.gradients = gradients
         if ctx.needs_input_grad[2]:
             return dy, dhpost, dhres, None
         record.dhres = dhres
