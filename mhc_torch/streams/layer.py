@@ -71,8 +71,7 @@ def run_layer(
 ) -> tuple[Tensor, Coefficients]:
     """(X_next, (Hpre, Hpost, Hres)) for X (B, n, C) with B tokens flattened from
     ``token_shape``; coefficients from ``dynamic`` parameters, or the ``static`` Hpre (n,),
-    Hpost (n,), Hres (n, n) of the layer. Every coefficient is returned per token.
-    """
+    Hpost (n,), Hres (n, n) of the layer. Every coefficient is returned per token."""
     record = LayerRecord()
     if dynamic is not None:
         u, coefficients = read_dynamic(config, streams, dynamic, record)

@@ -332,3 +332,19 @@ def test_gradients_of_a_loss_that_skips_the_update(dynamic: bool) -> None:
     plain = torch.func.grad(loss, argnums=tuple(range(len(values) + 1)))(h.detach(), *values)
     for got, want in zip(eager, plain, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_parameter_gradients_do_not_depend_on_the_input_needing_one(dynamic: bool) -> None:
+    """With a constant input the layers skip dX where nothing upstream needs it; every
+    parameter gradient stays what it is when the input requires a gradient."""
+    torch.manual_seed(0)
+    model = StreamSequential([linear(4, seed) for seed in range(3)], streams=3,
+                             dynamic=dynamic).double()
+    randomise(model, seed=9)
+    h = torch.randn(5, 4, dtype=torch.float64)
+    params = list(model.parameters())
+    constant = torch.autograd.grad(model(h).sin().sum(), params)
+    variable = torch.autograd.grad(model(h.clone().requires_grad_()).sin().sum(), params)
+    for got, want in zip(constant, variable, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
