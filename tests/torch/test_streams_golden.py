@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch_golden_models import case_blocks, linear_of
 
 from mhc_spec.streams.vectors import StreamCase, default_directory, load_vectors
 from mhc_torch import StreamLayer, StreamReduce, StreamSequential, expand_streams
@@ -36,22 +37,6 @@ def assert_matches(got, want, case: StreamCase, what: str) -> None:
     error = float(np.max(np.abs(got - want), initial=0.0))
     bound = rtol * scale + atol * max(1.0, scale)
     assert error <= bound, f"{case.name}: {what} off by {error:.3g} (allowed {bound:.3g})"
-
-
-def case_blocks(case: StreamCase, dtype: torch.dtype) -> list[nn.Module]:
-    weight, bias = case.inputs["weight"], case.inputs["bias"]
-    blocks = []
-    for layer in range(case.depth):
-        linear = nn.Linear(weight.shape[-1], weight.shape[-1], dtype=dtype)
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(weight[layer]))
-            linear.bias.copy_(torch.from_numpy(bias[layer]))
-        blocks.append(linear if case.kind == "linear" else nn.Sequential(linear, nn.Tanh()))
-    return blocks
-
-
-def linear_of(block: nn.Module) -> nn.Linear:
-    return block if isinstance(block, nn.Linear) else block[0]
 
 
 def case_model(case: StreamCase) -> StreamSequential:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from mhc_spec.config import MHCConfig
+from mhc_spec.streams.vectors import StreamCase
 from mhc_spec.vectors import GoldenCase, default_directory, load_vectors
 from mhc_torch import HistoryBuffer, MHCSequential, MHCSkip
 
@@ -18,8 +19,9 @@ def config_kwargs(config: MHCConfig) -> dict:
     return config.to_dict()
 
 
-def case_blocks(case: GoldenCase, dtype: torch.dtype) -> list[nn.Module]:
-    """nn.Linear blocks (followed by nn.Tanh for "tanh_linear") holding the case's weights."""
+def case_blocks(case: GoldenCase | StreamCase, dtype: torch.dtype) -> list[nn.Module]:
+    """nn.Linear blocks (followed by nn.Tanh for "tanh_linear") holding the weights of a
+    case of either family."""
     weight, bias = case.inputs["weight"], case.inputs["bias"]
     blocks = []
     for layer in range(case.depth):
