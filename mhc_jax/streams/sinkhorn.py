@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from mhc_spec.config import check_int
 from mhc_spec.streams import StreamConfig
 from mhc_spec.streams.config import SINKHORN
+from mhc_spec.streams.constraint import check_projection_output
 
 
 def sinkhorn(logits: jax.Array, iterations: int) -> jax.Array:
@@ -40,9 +41,5 @@ def project_residual(config: StreamConfig, logits: jax.Array) -> jax.Array:
     if config.constraint == SINKHORN:
         return sinkhorn(logits, config.sinkhorn_iterations)
     out = jnp.asarray(config.constraint(logits))
-    if out.shape != logits.shape:
-        raise ValueError(
-            f"constraint={config.constraint!r} returned shape {out.shape}: a projection must "
-            f"return the shape of its logits {logits.shape}."
-        )
+    check_projection_output(config, tuple(out.shape), logits.shape)
     return out.astype(logits.dtype)

@@ -25,12 +25,19 @@ def project_residual(config: StreamConfig, logits: np.ndarray) -> np.ndarray:
     if config.constraint == SINKHORN:
         return sinkhorn(logits, config.sinkhorn_iterations)
     out = np.asarray(config.constraint(logits))
-    if out.shape != logits.shape:
-        raise ValueError(
-            f"constraint={config.constraint!r} returned shape {out.shape}: a projection must "
-            f"return the shape of its logits {logits.shape}."
-        )
+    check_projection_output(config, out.shape, logits.shape)
     return out
+
+
+def check_projection_output(config: StreamConfig, returned: object,
+                            logits_shape: tuple[int, ...]) -> None:
+    """Raise ``ValueError`` unless a user projection returned the shape of its logits
+    (``returned``: the output's shape, or a description of a non-array output)."""
+    if returned != tuple(logits_shape):
+        raise ValueError(
+            f"constraint={config.constraint!r} returned {returned}: a projection must return "
+            f"an array of the shape of its logits {tuple(logits_shape)}."
+        )
 
 
 def project_residual_vjp(

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from mhc_spec.streams import SINKHORN, StreamConfig
+from mhc_spec.streams.constraint import check_projection_output
 from mhc_torch.projection import autocast_disabled
 from mhc_torch.streams.sinkhorn import sinkhorn, sinkhorn_backward, sinkhorn_forward
 
@@ -82,12 +83,9 @@ def project_residual(config: StreamConfig, logits: Tensor) -> Tensor:
     if config.constraint == SINKHORN:
         return sinkhorn(logits, config.sinkhorn_iterations)
     out = config.constraint(logits)
-    if not isinstance(out, Tensor) or out.shape != logits.shape:
-        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(
-            f"constraint={config.constraint!r} returned {got}: a projection must return a "
-            f"tensor of the shape of its logits {tuple(logits.shape)}"
-        )
+    check_projection_output(
+        config, tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__,
+        tuple(logits.shape))
     return out
 
 

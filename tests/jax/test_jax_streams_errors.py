@@ -115,5 +115,5 @@ def test_bad_inputs_raise_at_the_call() -> None:
         trace(layer, jnp.ones((3, WIDTH)))
     bad_projection = StreamSequential(blocks(), width=WIDTH, streams=2,
                                       constraint=lambda z: z[..., 0])
-    with pytest.raises(ValueError, match="a projection must return the shape of its logits"):
+    with pytest.raises(ValueError, match="must return an array of the shape of its logits"):
         trace(bad_projection, jnp.ones((2, WIDTH)))
