@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +11,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from mhc_spec.config import DEFAULT_GATE_INIT, MHCConfig, check_bool
 from mhc_spec.parameters import init_gamma, init_theta
+from mhc_torch.blocks import check_block_output, collect_modules
 from mhc_torch.highway import HighwayRecorder, norm_hook
 from mhc_torch.history import HistoryBuffer
 from mhc_torch.mixing import mix_into
@@ -23,25 +23,6 @@ from mhc_torch.projection import (
     window_mask,
 )
 from mhc_torch.tape import refuse_in_place_change, run_tape
-
-
-def _collect_blocks(modules: Any) -> list[nn.Module]:
-    if isinstance(modules, (str, bytes)):
-        raise TypeError(f"modules={modules!r} is invalid: modules must be an iterable of "
-                        "nn.Module blocks")
-    try:
-        blocks = list(modules)
-    except TypeError:
-        raise TypeError(f"modules={type(modules).__name__} is invalid: modules must be an "
-                        "iterable of nn.Module blocks (e.g. a list or an nn.Sequential)"
-                        ) from None
-    for index, block in enumerate(blocks):
-        if not isinstance(block, nn.Module):
-            raise TypeError(f"modules[{index}]={block!r} is invalid: every item of modules "
-                            "must be an nn.Module")
-    if not blocks:
-        raise ValueError("modules=[] is invalid: modules must hold at least one nn.Module")
-    return blocks
 
 
 def _functorch_active() -> bool:
@@ -99,7 +80,7 @@ class MHCSequential(nn.Module):
         self.carry_history = check_bool("carry_history", carry_history)
         self.detach_history = check_bool("detach_history", detach_history)
         self.checkpoint = check_bool("checkpoint", checkpoint)
-        self.layers = nn.ModuleList(_collect_blocks(modules))
+        self.layers = nn.ModuleList(collect_modules("modules", modules))
         depth = len(self.layers)
         dtype = torch.get_default_dtype()
         theta = init_theta(self.config, depth)
@@ -215,16 +196,7 @@ class MHCSequential(nn.Module):
             y = activation_checkpoint(block, state, use_reentrant=False)
         else:
             y = block(state)
-        if not isinstance(y, Tensor):
-            raise TypeError(f"layers[{layer - 1}] ({type(block).__name__}) returned "
-                            f"{type(y).__name__}; every block must return a Tensor")
-        if y.shape != state.shape:
-            raise ValueError(
-                f"layers[{layer - 1}] ({type(block).__name__}) changed the shape from "
-                f"{tuple(state.shape)} to {tuple(y.shape)}; every block of MHCSequential must "
-                "return a tensor of its input's shape"
-            )
-        return y
+        return check_block_output(f"layers[{layer - 1}]", block, state, y, "MHCSequential")
 
     def forward(self, x: Tensor) -> Tensor:
         """s_L of the recurrence for the input s_0 = x."""

@@ -26,6 +26,7 @@ from mhc_spec.streams.config import (
     DEFAULT_RMS_EPS,
     DEFAULT_SINKHORN_ITERATIONS,
 )
+from mhc_torch.blocks import check_block_output
 from mhc_torch.streams.coefficients import (
     LayerParameters,
     pack_parameters,
@@ -47,16 +48,8 @@ STATIC_NAMES = ("b_pre", "b_post", "b_res")
 def _call_block(block: nn.Module, index: int, u: Tensor, token_shape: tuple[int, ...]) -> Tensor:
     """y = F(u), with u given to the block in the caller's token shape (..., C)."""
     shaped = u.view(*token_shape, u.shape[-1])
-    y = block(shaped)
-    if not isinstance(y, Tensor):
-        raise TypeError(f"blocks[{index}] ({type(block).__name__}) returned "
-                        f"{type(y).__name__}; every block must return a Tensor")
-    if y.shape != shaped.shape:
-        raise ValueError(
-            f"blocks[{index}] ({type(block).__name__}) changed the shape from "
-            f"{tuple(shaped.shape)} to {tuple(y.shape)}; every block of a stream stack must "
-            "return a tensor of its input's shape"
-        )
+    y = check_block_output(f"blocks[{index}]", block, shaped, block(shaped),
+                           "a stream stack")
     return y.reshape(u.shape)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from mhc_spec.streams.config import (
     DEFAULT_RMS_EPS,
     DEFAULT_SINKHORN_ITERATIONS,
 )
+from mhc_torch.blocks import collect_modules
 from mhc_torch.streams.coefficients import LayerParameters, pack_parameters, static_coefficients
 from mhc_torch.streams.layer import (
     DYNAMIC_NAMES,
@@ -39,26 +40,6 @@ class StreamCoefficients(NamedTuple):
     hpre: Tensor
     hpost: Tensor
     hres: Tensor
-
-
-def collect_blocks(blocks: Any) -> list[nn.Module]:
-    """``blocks`` as a non-empty list of modules, else a clear error."""
-    if isinstance(blocks, (str, bytes, nn.Module)) and not isinstance(blocks, nn.ModuleList
-                                                                       | nn.Sequential):
-        raise TypeError(f"blocks={blocks!r} is invalid: blocks must be a sequence of "
-                        "nn.Module branches")
-    try:
-        items = list(blocks)
-    except TypeError:
-        raise TypeError(f"blocks={type(blocks).__name__} is invalid: blocks must be a "
-                        "sequence of nn.Module branches (e.g. a list)") from None
-    for index, block in enumerate(items):
-        if not isinstance(block, nn.Module):
-            raise TypeError(f"blocks[{index}]={block!r} is invalid: every item of blocks must "
-                            "be an nn.Module")
-    if not items:
-        raise ValueError("blocks=[] is invalid: blocks must hold at least one nn.Module")
-    return items
 
 
 class StreamSequential(nn.Module):
@@ -114,7 +95,7 @@ class StreamSequential(nn.Module):
             sinkhorn_iterations=sinkhorn_iterations, dynamic=dynamic, reduce=reduce,
             rms_eps=rms_eps, a_init=a_init, pre_init=pre_init,
         )
-        self.blocks = nn.ModuleList(collect_blocks(blocks))
+        self.blocks = nn.ModuleList(collect_modules("blocks", blocks))
         self.width = resolve_width(width, self.blocks[0])
         params = init_parameters(self.config, len(self.blocks), self.width)
         dtype = torch.get_default_dtype()
