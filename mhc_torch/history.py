@@ -71,6 +71,11 @@ class HistoryBuffer:
                 f"shape={shape})")
 
 
+# Instance attributes every nn.Module has; submodules are reached by model.modules().
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+_HOLDERS = (HistoryBuffer, list, tuple, dict)
+
+
 def _buffers_in(value: object) -> Iterator[HistoryBuffer]:
     if isinstance(value, HistoryBuffer):
         yield value
@@ -87,7 +92,11 @@ def reset_history(model: nn.Module) -> int:
     (as an attribute, or inside a list, tuple or dict attribute); returns how many."""
     seen: set[int] = set()
     for module in model.modules():
-        for value in vars(module).values():
+        for key, value in vars(module).items():
+            # Called at every batch: torch's own bookkeeping (parameter, buffer, submodule
+            # and hook dicts) cannot hold a HistoryBuffer, and walking it was 3/4 of the cost.
+            if key in _MODULE_INTERNALS or not isinstance(value, _HOLDERS):
+                continue
             for buffer in _buffers_in(value):
                 if id(buffer) not in seen:
                     seen.add(id(buffer))

@@ -7,6 +7,7 @@ import copy
 import io
 import math
 import pickle
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -370,6 +371,8 @@ def test_reset_history_over_a_model() -> None:
             self.b = nn.Sequential(stack(depth=2, carry_history=True))
             self.buffer = HistoryBuffer(3)
             self.buffers = [HistoryBuffer(2), HistoryBuffer(2)]
+            self.by_name = OrderedDict(deep=({"inner": [HistoryBuffer(2)]},))
+            self.alias = self.buffer  # counted once
 
     net = Net()
     x = torch.randn(3, 8)
@@ -377,10 +380,12 @@ def test_reset_history_over_a_model() -> None:
     net.b(x)
     net.buffer.push(x)
     net.buffers[1].push(x)
+    deep = net.by_name["deep"][0]["inner"][0]
+    deep.push(x)
     assert len(net.a.history) == 3 and len(net.b[0].history) == 3
-    assert reset_history(net) == 5
+    assert reset_history(net) == 6
     assert len(net.a.history) == 0 and len(net.b[0].history) == 0
-    assert len(net.buffer) == 0 and len(net.buffers[1]) == 0
+    assert len(net.buffer) == 0 and len(net.buffers[1]) == 0 and len(deep) == 0
 
 
 def test_block_modifying_its_input_in_place_is_refused() -> None:
