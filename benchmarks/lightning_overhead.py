@@ -89,9 +89,21 @@ def make_module() -> Any:
     return HoneyBadger()
 
 
-def make_even_step_gate(inner: Any) -> Any:
+class HookClock:
+    """Seconds spent inside the gated callback's per-batch hooks, summed per global step."""
+
+    def __init__(self) -> None:
+        self.per_step: dict[int, float] = {}
+
+    def timed(self, step: int, hook: Any, *args: Any) -> None:
+        start = time.perf_counter()
+        hook(*args)
+        self.per_step[step] = self.per_step.get(step, 0.0) + time.perf_counter() - start
+
+
+def make_even_step_gate(inner: Any, clock: HookClock) -> Any:
     """A callback forwarding ``inner``'s per-batch training hooks on even global steps only
-    (every other hook always)."""
+    (every other hook always), timing them on ``clock``."""
     from lightning.pytorch.callbacks import Callback
 
     class EvenStepGate(Callback):
@@ -101,15 +113,26 @@ def make_even_step_gate(inner: Any) -> Any:
         def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
             inner.on_fit_start(trainer, pl_module)
 
+        step: int | None = None  # the global step whose hooks are forwarded, None if odd
+
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
                                  batch_idx: int) -> None:
-            if trainer.global_step % 2 == 0:
-                inner.on_train_batch_start(trainer, pl_module, batch, batch_idx)
+            self.step = trainer.global_step if trainer.global_step % 2 == 0 else None
+            if self.step is not None:
+                clock.timed(self.step, inner.on_train_batch_start, trainer, pl_module, batch,
+                            batch_idx)
 
         def on_before_optimizer_step(self, trainer: Any, pl_module: Any,
                                      optimizer: Any) -> None:
-            if trainer.global_step % 2 == 0:
-                inner.on_before_optimizer_step(trainer, pl_module, optimizer)
+            if self.step is not None:
+                clock.timed(self.step, inner.on_before_optimizer_step, trainer, pl_module,
+                            optimizer)
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                               batch_idx: int) -> None:
+            if self.step is not None:  # global_step has moved on by now
+                clock.timed(self.step, inner.on_train_batch_end, trainer, pl_module, outputs,
+                            batch, batch_idx)
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
             inner.on_train_epoch_end(trainer, pl_module)
@@ -120,8 +143,10 @@ def make_even_step_gate(inner: Any) -> Any:
 ARMS = ("plain", "callback", "alternating")
 
 
-def fit_once(arm: str, steps: int, root: str) -> list[tuple[int, float]]:
-    """One Trainer.fit of ``steps`` steps in ``arm``; the (step, seconds) it measured."""
+def fit_once(arm: str, steps: int, root: str,
+             clock: HookClock | None = None) -> list[tuple[int, float]]:
+    """One Trainer.fit of ``steps`` steps in ``arm``; the (step, seconds) it measured. The
+    alternating arm times the gated hooks on ``clock``."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -136,7 +161,7 @@ def fit_once(arm: str, steps: int, root: str) -> list[tuple[int, float]]:
     if arm == "callback":
         callbacks.append(MHCLightningCallback())
     elif arm == "alternating":
-        callbacks.append(make_even_step_gate(MHCLightningCallback()))
+        callbacks.append(make_even_step_gate(MHCLightningCallback(), clock or HookClock()))
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_epochs=1, log_every_n_steps=LOG_EVERY,
         logger=TensorBoardLogger(root, name=arm),
@@ -161,10 +186,23 @@ def compare(plain: list[tuple[int, float]], with_cb: list[tuple[int, float]],
     return result
 
 
+def non_logging(intervals: list[tuple[int, float]],
+                every: int = LOG_EVERY) -> list[tuple[int, float]]:
+    """The steps away from any logging (i % n not in {0, 1, n - 1})."""
+    return [(step, s) for step, s in intervals if step % every not in (0, 1, every - 1)]
+
+
+def hook_seconds(clock: HookClock, intervals: list[tuple[int, float]],
+                 every: int = LOG_EVERY) -> list[float]:
+    """The gated hooks' own seconds on the even steps :func:`non_logging` keeps."""
+    return [clock.per_step[step] for step, _ in non_logging(intervals, every)
+            if step % 2 == 0 and step in clock.per_step]
+
+
 def compare_alternating(intervals: list[tuple[int, float]],
                         every: int = LOG_EVERY) -> dict[str, float]:
     """Even (hooks on) against odd (hooks off) non-logging steps of one alternating fit."""
-    kept = [(step, s) for step, s in intervals if step % every not in (0, 1, every - 1)]
+    kept = non_logging(intervals, every)
     on = [s for step, s in kept if step % 2 == 0]
     off = [s for step, s in kept if step % 2 == 1]
     return {"plain_median_s": statistics.median(off), "callback_median_s": statistics.median(on),
@@ -178,10 +216,15 @@ def run(quick: bool) -> dict[str, object]:
     rounds, steps = (2, 120) if quick else (5, 250)
     got: dict[str, list[tuple[int, float]]] = {arm: [] for arm in ARMS}
     per_round = []
+    clock = HookClock()
+    hooks: list[float] = []
     with tempfile.TemporaryDirectory() as root:
         for index in range(rounds):
             shift = index % len(ARMS)
-            fits = {arm: fit_once(arm, steps, root) for arm in (*ARMS[shift:], *ARMS[:shift])}
+            clock.per_step = {}
+            fits = {arm: fit_once(arm, steps, root, clock)
+                    for arm in (*ARMS[shift:], *ARMS[:shift])}
+            hooks += hook_seconds(clock, fits["alternating"])
             for arm, intervals in fits.items():
                 got[arm] += intervals
             per_round.append(compare_alternating(fits["alternating"])["ratio"])
@@ -202,6 +245,10 @@ def run(quick: bool) -> dict[str, object]:
         "comparison": {**compare(got["plain"], got["callback"]),
                        "non_logging_alternating": compare_alternating(got["alternating"])},
         "non_logging_ratio_per_round": per_round,
+        "hook_time": {
+            "median_s": statistics.median(hooks), "n": len(hooks),
+            "fraction_of_step": statistics.median(hooks) / statistics.median(
+                [s for _, s in non_logging(got["alternating"])])},
     }
 
 

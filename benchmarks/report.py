@@ -184,7 +184,18 @@ def lightning_section(results: Results) -> list[str]:
             "callback, step by step.", "",
             *table(("steps", "without callback ms", "with callback ms", "overhead",
                     "n (without / with)"), rows),
-            f"Same-fit non-logging overhead per round: {per_round}.", ""]
+            f"Same-fit non-logging overhead per round: {per_round}.", "",
+            *hook_time_lines(payload)]
+
+
+def hook_time_lines(payload: dict[str, object]) -> list[str]:
+    """The callback's own hook time on non-logging steps, timed inside the same-fit arm."""
+    hooks = payload.get("hook_time")
+    if hooks is None:
+        return []
+    return [f"The callback's own per-batch hooks, timed around each call in the same fit: "
+            f"median {hooks['median_s'] * 1e6:.0f} us per non-logging step "
+            f"({hooks['fraction_of_step']:.2%} of the median step; n = {hooks['n']}).", ""]
 
 
 def findings_section() -> list[str]:

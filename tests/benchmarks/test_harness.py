@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from benchmarks.interleave import Timing, Variant, plan_rounds, run_interleaved
-from benchmarks.lightning_overhead import StepStamps, compare, compare_alternating
+from benchmarks.lightning_overhead import (
+    HookClock,
+    StepStamps,
+    compare,
+    compare_alternating,
+    hook_seconds,
+    make_even_step_gate,
+)
 from benchmarks.report import render
 from benchmarks.targets import evaluate
 from benchmarks.torch_memory import saved_for_backward
@@ -93,6 +100,34 @@ def test_alternating_comparison_pairs_even_against_odd_away_from_logging() -> No
     assert result["callback_n"] == 8 and result["plain_n"] == 6  # 2,4,6,8,12,14,16,18 / 3..17
 
 
+def test_even_step_gate_forwards_and_times_the_hooks_of_even_steps_only() -> None:
+    calls: list[tuple[str, int]] = []
+
+    class Inner:
+        def __getattr__(self, hook: str):
+            return lambda trainer, *args: calls.append((hook, trainer.global_step))
+
+    class Trainer:
+        global_step = 0
+
+    clock = HookClock()
+    gate = make_even_step_gate(Inner(), clock)
+    trainer = Trainer()
+    for step in range(4):
+        trainer.global_step = step
+        gate.on_train_batch_start(trainer, None, None, step)
+        gate.on_before_optimizer_step(trainer, None, None)
+        trainer.global_step = step + 1  # the optimizer stepped
+        gate.on_train_batch_end(trainer, None, None, None, step)
+    assert [hook for hook, _ in calls] == ["on_train_batch_start", "on_before_optimizer_step",
+                                           "on_train_batch_end"] * 2
+    assert [step for _, step in calls] == [0, 0, 1, 2, 2, 3]
+    assert sorted(clock.per_step) == [0, 2] and all(t > 0 for t in clock.per_step.values())
+    # Steps next to logging (every=10: 0, 1, 9 mod 10) and odd steps are not counted.
+    clock.per_step = {0: 5.0, 2: 1.0, 4: 3.0}
+    assert hook_seconds(clock, [(step, 1.0) for step in range(6)], every=10) == [1.0, 3.0]
+
+
 def _speed(shape: str, medians: dict[str, float]) -> dict[str, object]:
     return {"shape": shape, "timings": [
         {"name": name, "median_s": value, "p25_s": value, "p75_s": value, "n": 20,
@@ -151,3 +186,18 @@ def test_variant_names_build_the_right_stacks() -> None:
     assert isinstance(build("residual", layers), ResidualStack)
     assert variant_name("mhc/simplex", 4) == "mhc/simplex H4"
     assert variant_name("residual", None) == "residual"
+
+
+def test_lightning_section_reports_the_hook_time() -> None:
+    from benchmarks.report import lightning_section
+
+    payload = {
+        "comparison": compare([(1, 1.0), (50, 2.0)], [(1, 1.03), (50, 3.0)], every=50),
+        "non_logging_ratio_per_round": [1.03], "log_every_n_steps": 50, "rounds": 1,
+        "steps_per_fit": 51, "shape": {"depth": 50, "width": 64, "batch": 64, "history": 4},
+    }
+    assert not any("own per-batch hooks" in line
+                   for line in lightning_section({"lightning_overhead": payload}))
+    payload["hook_time"] = {"median_s": 70e-6, "n": 12, "fraction_of_step": 0.0058}
+    text = "\n".join(lightning_section({"lightning_overhead": payload}))
+    assert "median 70 us per non-logging step (0.58% of the median step; n = 12)" in text

@@ -373,6 +373,8 @@ def test_reset_history_over_a_model() -> None:
             self.buffers = [HistoryBuffer(2), HistoryBuffer(2)]
             self.by_name = OrderedDict(deep=({"inner": [HistoryBuffer(2)]},))
             self.alias = self.buffer  # counted once
+            self.shared = self.b  # a module reached twice
+            self.register_module("empty", None)  # a submodule slot left empty
 
     net = Net()
     x = torch.randn(3, 8)
