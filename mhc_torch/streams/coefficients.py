@@ -31,6 +31,7 @@ from torch import Tensor
 from mhc_spec.streams import SINKHORN, StreamConfig
 from mhc_spec.streams.constraint import check_projection_output
 from mhc_torch.projection import autocast_disabled
+from mhc_torch.streams import kernels
 from mhc_torch.streams.sinkhorn import sinkhorn, sinkhorn_backward, sinkhorn_forward
 
 
@@ -126,7 +127,8 @@ def dynamic_logits_reference(config: StreamConfig, streams: Tensor,
 class DynamicCoefficients(NamedTuple):
     """The coefficients of B tokens, (B, n), (B, n), (B, n, n) (Hres~ when ``iterations`` was
     0), and what their reverse mode reads: x (B, nC), x @ Phi (B, K), w = s / r (B, K),
-    1/r (B,), d gate / d logit (B, 2n), and SK(Hres~) with its log-iterates (tokens last)."""
+    1/r (B,), d gate / d logit (B, 2n), and either z (B, K) for the native kernels (which
+    recompute Sinkhorn's iterates) or SK(Hres~) with its log-iterates (tokens last)."""
 
     hpre: Tensor
     hpost: Tensor
@@ -138,6 +140,8 @@ class DynamicCoefficients(NamedTuple):
     slopes: Tensor
     sinkhorn_result: Tensor | None
     log_iterates: list[Tensor]
+    iterations: int
+    native_logits: Tensor | None
 
 
 def dynamic_coefficients(streams: Tensor, params: LayerParameters, eps: float,
@@ -150,6 +154,14 @@ def dynamic_coefficients(streams: Tensor, params: LayerParameters, eps: float,
     inverse_rms = torch.linalg.vector_norm(flat, dim=1)
     inverse_rms.square_().div_(n * width).add_(eps).rsqrt_()
     raw = torch.mm(flat, as_dtype(params.projection, dtype))
+    if kernels.usable(dtype, raw.device):
+        out = kernels.coefficients_forward(raw, inverse_rms, as_dtype(params.scale, dtype),
+                                           as_dtype(params.bias, dtype), n, iterations)
+        return DynamicCoefficients(
+            hpre=out.hpre, hpost=out.hpost, hres=out.hres, flat=flat, raw=raw,
+            weight=out.weight, inverse_rms=inverse_rms, slopes=out.slopes,
+            sinkhorn_result=None, log_iterates=[], iterations=iterations,
+            native_logits=out.logits)
     weight = torch.outer(inverse_rms, as_dtype(params.scale, dtype))
     logits = torch.addcmul(as_dtype(params.bias, dtype), raw, weight)
     gates = torch.sigmoid(logits.narrow(1, 0, 2 * n))
@@ -166,19 +178,15 @@ def dynamic_coefficients(streams: Tensor, params: LayerParameters, eps: float,
         hpre=gates.narrow(1, 0, n), hpost=gates.narrow(1, n, n).mul(2.0),
         hres=hres, flat=flat,
         raw=raw, weight=weight, inverse_rms=inverse_rms, slopes=slopes,
-        sinkhorn_result=result, log_iterates=log_iterates,
+        sinkhorn_result=result, log_iterates=log_iterates, iterations=iterations,
+        native_logits=None,
     )
 
 
-def dynamic_coefficients_backward(
-    saved: DynamicCoefficients, params: LayerParameters, d_hpre: Tensor, d_hpost: Tensor,
-    d_res: Tensor, d_flat: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(dPhi, ds, dbeta) given dHpre, dHpost and dHres (dHres~ when the forward did not
-    project); adds dLoss/dx through the coefficients into ``d_flat`` (B, nC) in place
-    unless it is None (x needs no gradient)."""
+def _logits_backward(saved: DynamicCoefficients, d_hpre: Tensor, d_hpost: Tensor,
+                     d_res: Tensor) -> Tensor:
+    """dz (B, K) with PyTorch operations (Sinkhorn through its saved log-iterates)."""
     count, n = d_hpre.shape
-    dtype = saved.flat.dtype
     dlogits = saved.flat.new_empty((count, 2 * n + n * n))
     torch.mul(d_hpre, saved.slopes.narrow(1, 0, n), out=dlogits.narrow(1, 0, n))
     torch.mul(d_hpost, saved.slopes.narrow(1, n, n), out=dlogits.narrow(1, n, n))
@@ -188,6 +196,22 @@ def dynamic_coefficients_backward(
                                      d_res.permute(1, 2, 0)).permute(2, 0, 1))
     else:
         dres.copy_(d_res)
+    return dlogits
+
+
+def dynamic_coefficients_backward(
+    saved: DynamicCoefficients, params: LayerParameters, d_hpre: Tensor, d_hpost: Tensor,
+    d_res: Tensor, d_flat: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dPhi, ds, dbeta) given dHpre, dHpost and dHres (dHres~ when the forward did not
+    project); adds dLoss/dx through the coefficients into ``d_flat`` (B, nC) in place
+    unless it is None (x needs no gradient)."""
+    dtype = saved.flat.dtype
+    if saved.native_logits is not None:
+        dlogits = kernels.coefficients_backward(d_hpre, d_hpost, d_res, saved.slopes,
+                                                saved.native_logits, saved.iterations)
+    else:
+        dlogits = _logits_backward(saved, d_hpre, d_hpost, d_res)
     dbias = dlogits.sum(dim=0)
     scaled_raw = dlogits * saved.raw
     dscale = torch.mv(scaled_raw.t(), saved.inverse_rms)

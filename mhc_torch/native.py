@@ -1,0 +1,126 @@
+"""Native CPU kernels: C sources shipped inside the package, compiled on first use by the
+system's C compiler into a per-user cache and loaded with ctypes.
+
+No build step at install time and no dependence on PyTorch's C++ ABI: a kernel reads and
+writes the memory of contiguous CPU tensors through their data pointers. Each source is
+compiled twice (``float`` and ``double``) into one shared library whose file name holds a
+hash of the source, the flags, the compiler's version and the CPU (the code is tuned with
+``-march=native``), so a cache shared between machines never serves a wrong binary.
+
+Where no compiler works, the library is ``None`` with a reason (warned once) and callers use
+their PyTorch operations. Settings (environment variables):
+
+- ``MHC_NATIVE_KERNELS=0``: never compile or load (PyTorch operations only);
+- ``MHC_CACHE_DIR``: where the libraries go (default ``$XDG_CACHE_HOME/mhc`` or
+  ``~/.cache/mhc``);
+- ``CC``: the compiler (default ``cc``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-std=c11")
+ELEMENT_TYPES = {"f32": "float", "f64": "double"}
+_LOCK = threading.Lock()
+
+
+class NativeUnavailable(RuntimeError):
+    """Why a native library could not be built or loaded."""
+
+
+def enabled() -> bool:
+    """False when ``MHC_NATIVE_KERNELS`` is set to 0 (or ``false``/``no``/``off``)."""
+    value = os.environ.get("MHC_NATIVE_KERNELS", "1").strip().lower()
+    return value not in {"0", "false", "no", "off"}
+
+
+def cache_dir() -> Path:
+    """``MHC_CACHE_DIR``, else ``$XDG_CACHE_HOME/mhc``, else ``~/.cache/mhc``."""
+    if explicit := os.environ.get("MHC_CACHE_DIR"):
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mhc"
+
+
+def _cpu_signature() -> str:
+    """The machine and its CPU's feature flags (what -march=native compiles for)."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()} {flags}"
+
+
+def _run(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise NativeUnavailable(f"{command[0]!r} could not run: {error}") from error
+    if done.returncode != 0:
+        raise NativeUnavailable(f"`{' '.join(command)}` failed:\n{done.stderr.strip()}")
+    return done.stdout
+
+
+def build(source: Path, directory: Path, compiler: str) -> Path:
+    """The shared library of ``source`` in ``directory``, compiled unless already there."""
+    if shutil.which(compiler) is None:
+        raise NativeUnavailable(f"no C compiler: {compiler!r} is not on PATH (set CC)")
+    version = _run([compiler, "--version"]).splitlines()[0]
+    text = source.read_bytes()
+    key = hashlib.sha256(b"\0".join(
+        [text, " ".join(FLAGS).encode(), version.encode(), _cpu_signature().encode()]))
+    target = directory / f"{source.stem}-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    # Built in a private folder and renamed into place: processes compiling at the same
+    # time (DDP ranks) each finish with a whole library.
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        objects = []
+        for suffix, element in ELEMENT_TYPES.items():
+            obj = Path(scratch) / f"{suffix}.o"
+            _run([compiler, *FLAGS, f"-DREAL={element}", f"-DNAME(f)=f##_{suffix}",
+                  "-c", str(source), "-o", str(obj)])
+            objects.append(str(obj))
+        library = Path(scratch) / target.name
+        _run([compiler, "-shared", *objects, "-o", str(library), "-lm"])
+        os.replace(library, target)
+    return target
+
+
+@functools.cache
+def _load(source: Path) -> ctypes.CDLL | NativeUnavailable:
+    try:
+        path = build(source, cache_dir(), os.environ.get("CC", "cc"))
+        return ctypes.CDLL(str(path))
+    except (NativeUnavailable, OSError) as error:
+        reason = error if isinstance(error, NativeUnavailable) else NativeUnavailable(
+            f"could not build or load {source.name} under {cache_dir()}: {error}")
+        warnings.warn(f"mhc_torch: native CPU kernels unavailable ({reason}); using PyTorch "
+                      "operations, which are slower on the CPU. Set MHC_NATIVE_KERNELS=0 to "
+                      "silence this.", RuntimeWarning, stacklevel=3)
+        return reason
+
+
+def library(source: Path) -> ctypes.CDLL | None:
+    """The loaded library of ``source``, or None when disabled or unavailable."""
+    if not enabled():
+        return None
+    with _LOCK:
+        loaded = _load(source)
+    return None if isinstance(loaded, NativeUnavailable) else loaded
