@@ -71,7 +71,9 @@ class StreamSequential(nn.Module):
 
     Eager forwards with gradients run each layer as two autograd nodes with hand-derived
     reverse modes (first derivatives only; use torch.func or torch.compile for higher
-    orders); torch.compile and torch.func trace plain operations.
+    orders); torch.compile and torch.func trace plain operations. On the CPU, a dynamic
+    layer's gates and Sinkhorn run as native kernels (``mhc_torch/streams/kernels.c``, built
+    on first use by :mod:`mhc_torch.native`; PyTorch operations where no C compiler works).
     """
 
     def __init__(
