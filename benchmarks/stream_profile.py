@@ -41,6 +41,11 @@ RULES: tuple[tuple[str, str], ...] = (
     ("coefficient", COEFFICIENTS),
     ("benchmarks/torch_stacks.py", MIX),   # the residual stack's h + F(h)
 )
+# The native call of kernels.py computes the gates, and for a Sinkhorn stack Sinkhorn too,
+# which is nearly all of its time: it is Sinkhorn there and coefficient projection otherwise.
+NATIVE_KERNELS = "mhc_torch/streams/kernels.py"
+SINKHORN_RULES = ((NATIVE_KERNELS, SINKHORN), *RULES)
+COEFFICIENT_RULES = ((NATIVE_KERNELS, COEFFICIENTS), *RULES)
 PYTHON = "Python and autograd (outside aten operators)"
 TOP_OPERATORS = 4
 FORWARD_SCOPE = "mhc_bench.forward"
@@ -166,9 +171,11 @@ def profile_steps(model: nn.Module, x: torch.Tensor, g: torch.Tensor, steps: int
 
 
 def profile_breakdown(model: nn.Module, x: torch.Tensor, g: torch.Tensor, steps: int,
-                      depth: int, log: Callable[[str], object] = print) -> dict[str, object]:
+                      depth: int, log: Callable[[str], object] = print,
+                      rules: Iterable[tuple[str, str]] = COEFFICIENT_RULES
+                      ) -> dict[str, object]:
     """:func:`breakdown` of :func:`profile_steps`."""
-    result = breakdown(profile_steps(model, x, g, steps), steps, depth)
+    result = breakdown(profile_steps(model, x, g, steps), steps, depth, rules)
     parts = ", ".join(f"{part} {value['us_per_layer']:.0f}"
                       for part, value in result["parts"].items())
     log(f"  profile: {result['wall_us_per_step'] / 1e3:.1f} ms/step; us per layer: {parts}")

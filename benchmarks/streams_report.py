@@ -111,10 +111,13 @@ def profile_lines(payload: dict) -> list[str]:
     return ["### Where a layer's time goes (torch.profiler)", "",
             f"One profiled run of {steps} steps per stack after 2 warm-up steps, "
             "`with_stack=True`; each event's self time goes to the innermost Python function "
-            "or operator naming a part (torch.nn's Linear: branch; `sinkhorn*`: Sinkhorn; "
+            "or operator naming a part (torch.nn's Linear: branch; `sinkhorn*`, and in the mhc "
+            "stacks the native call of `streams/kernels.py` (the gates with Sinkhorn): "
+            "Sinkhorn; "
             "`branch_input` and `mixing.py` (the read-in u = sum_i Hpre[i] X[i], the update "
             "X_next = Hres X + Hpost y, their backward) and the residual's add: stream mix; "
-            "`coefficients.py` (RMSNorm, x' @ phi, sigmoids, their backward): coefficient "
+            "`coefficients.py` (RMSNorm, x' @ phi, sigmoids, their backward) and the hc "
+            "stacks' native call (the gates): coefficient "
             "projection; the rest, e.g. expand, reduce, the layer loop, gradient "
             "accumulation: other); autograd-engine operators take the part of the forward "
             "operator that created them (sequence number). The profiler adds a cost to every "
@@ -166,6 +169,24 @@ def _ablation_us(medians: dict[str, float], depth: int) -> list[float] | None:
     if any(a not in medians or b not in medians for _, a, b in ABLATIONS):
         return None
     return [(medians[a] - medians[b]) / depth * 1e6 for _, a, b in ABLATIONS]
+
+
+def sinkhorn_sentence(payload: dict, sinkhorn: dict, per_call: float) -> str:
+    """Point (3) of :func:`paper_lines`: the native kernel's figure, or the operator calls'."""
+    batch, n = payload["batch"], payload["streams"]
+    iterations = payload["sinkhorn_iterations"]
+    if payload.get("native_kernels"):
+        return (f"(3) Sinkhorn: one native C call per direction and layer (with the gates; "
+                f"double precision, {batch} matrices in blocks of 32 vectorised over the "
+                "tokens, the backward recomputing the iterates), "
+                f"{sinkhorn['us_per_layer']:.0f} us per layer and step profiled; the PyTorch "
+                f"operations it replaces take 2T + 2 = {2 * iterations + 2} calls per "
+                "direction at a fixed cost each.")
+    return (f"(3) Sinkhorn: {sinkhorn['aten_calls_per_layer']:.0f} calls per layer and step at "
+            f"~{per_call:.0f} us each on ({batch}, {n}, {n}) matrices of "
+            f"{batch * n * n * 4 / 2**10:.0f} KiB: a fixed cost per call (dispatch, autograd, "
+            f"threads) T = {iterations} times over, where a fused kernel keeps each matrix "
+            "in registers for all iterations in one launch.")
 
 
 def paper_lines(payload: dict) -> list[str]:
@@ -227,11 +248,7 @@ def paper_lines(payload: dict) -> list[str]:
         f"{n * (n * n + 2 * n) / 4096:.1%} at C = 4096 (the paper's widths are in the "
         f"thousands); profiled {coefficients['us_per_layer']:.0f} us in "
         f"{coefficients['aten_calls_per_layer']:.0f} calls. "
-        f"(3) Sinkhorn: {sinkhorn['aten_calls_per_layer']:.0f} calls per layer and step at "
-        f"~{per_call:.0f} us each on ({batch}, {n}, {n}) matrices of "
-        f"{batch * n * n * 4 / 2**10:.0f} KiB: a fixed cost per call (dispatch, autograd, "
-        f"threads) T = {payload['sinkhorn_iterations']} times over, where a fused kernel "
-        "keeps each matrix in registers for all iterations in one launch. "
+        f"{sinkhorn_sentence(payload, sinkhorn, per_call)} "
         "(1) and (3) are per-layer costs of un-fused eager execution that do not grow with "
         "the branch, and the paper's branches are whole attention and FFN blocks at those "
         "widths, many times this one Linear, so the same absolute extra is a far smaller "

@@ -24,7 +24,7 @@ from benchmarks import machine, torch_threads
 from benchmarks.interleave import Variant, run_interleaved
 from benchmarks.peer_hc import installed_versions, missing_reason
 from benchmarks.results_io import write_result
-from benchmarks.stream_profile import profile_breakdown
+from benchmarks.stream_profile import COEFFICIENT_RULES, SINKHORN_RULES, profile_breakdown
 from benchmarks.stream_stacks import (
     BATCH,
     DEPTH,
@@ -68,6 +68,13 @@ def variant_names(include_peer: bool) -> tuple[list[str], list[str]]:
     return names, notes
 
 
+def native_kernels() -> bool:
+    """Whether ours ran its dynamic coefficients on the native CPU kernels."""
+    from mhc_torch.streams import kernels
+
+    return kernels.usable(torch.float32, torch.device("cpu"))
+
+
 def run(width: int = WIDTH, batch: int = BATCH, depth: int = DEPTH, *, include_peer: bool = True,
         warmup: int = 3, min_rounds: int = 20, max_rounds: int = 300, budget_s: float = 90.0,
         profile_steps: int = 5, log: Callable[[str], object] = print) -> dict[str, object]:
@@ -93,7 +100,9 @@ def run(width: int = WIDTH, batch: int = BATCH, depth: int = DEPTH, *, include_p
     for name in names:
         if family(name) != "peer":
             log(f"  profiling {name}")
-            profiles[name] = profile_breakdown(models[name], x, g, profile_steps, depth, log)
+            rules = SINKHORN_RULES if OURS.get(name, {}).get("mode") == "mhc" else COEFFICIENT_RULES
+            profiles[name] = profile_breakdown(models[name], x, g, profile_steps, depth, log,
+                                               rules)
     peer_measured = any(family(name) == "peer" for name in names)
     return {
         "section": SECTION,
@@ -104,6 +113,7 @@ def run(width: int = WIDTH, batch: int = BATCH, depth: int = DEPTH, *, include_p
         "sinkhorn_iterations": SINKHORN_ITERATIONS,
         "dtype": str(x.dtype).removeprefix("torch."),
         "threads": threads,
+        "native_kernels": native_kernels(),
         "machine": machine.describe(),
         "load_before": load_before,
         "load_after": machine.load_average(),

@@ -56,6 +56,7 @@ def test_section_times_and_profiles_every_variant_without_the_peer() -> None:
     assert sinkhorn[RESIDUAL] == 0 and sinkhorn["ours hc dynamic"] == 0
     assert sinkhorn["ours hc static"] == 0
     assert sinkhorn[OUR_TARGET] > 0 and sinkhorn["ours mhc static"] > 0
+    assert payload["native_kernels"]  # CI's machines have a C compiler
 
 
 @pytest.fixture
@@ -169,3 +170,17 @@ def test_stream_targets_and_report_from_synthetic_results() -> None:
     text = render(results)
     assert "DISTURBED: the profile of `residual`" in text
     assert "for the residual's add" not in text
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_sinkhorn_sentence_names_the_path_that_ran(native: bool) -> None:
+    from benchmarks.streams_report import sinkhorn_sentence
+
+    payload = {"batch": 256, "streams": 4, "sinkhorn_iterations": 20, "native_kernels": native}
+    text = sinkhorn_sentence(payload, {"us_per_layer": 123.4, "aten_calls_per_layer": 82.0},
+                             per_call=7.0)
+    if native:
+        assert "one native C call per direction" in text and "123 us per layer" in text
+        assert "42 calls per direction" in text
+    else:
+        assert "82 calls per layer and step at ~7 us each" in text
