@@ -23,6 +23,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -68,7 +69,8 @@ def _cpu_signature() -> str:
 
 def _run(command: list[str]) -> str:
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(command, capture_output=True, text=True, errors="replace",
+                              timeout=120)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise NativeUnavailable(f"{command[0]!r} could not run: {error}") from error
     if done.returncode != 0:
@@ -76,29 +78,37 @@ def _run(command: list[str]) -> str:
     return done.stdout
 
 
+def _commands(compiler: list[str], source: Path, scratch: Path, library: Path
+              ) -> list[list[str]]:
+    """One compile per element type, then the link."""
+    objects = [scratch / f"{suffix}.o" for suffix in ELEMENT_TYPES]
+    compiles = [[*compiler, *FLAGS, f"-DREAL={element}", f"-DNAME(f)=f##_{suffix}", "-c",
+                 str(source), "-o", str(obj)]
+                for (suffix, element), obj in zip(ELEMENT_TYPES.items(), objects, strict=True)]
+    return [*compiles, [*compiler, "-shared", *map(str, objects), "-o", str(library), "-lm"]]
+
+
 def build(source: Path, directory: Path, compiler: str) -> Path:
-    """The shared library of ``source`` in ``directory``, compiled unless already there."""
-    if shutil.which(compiler) is None:
+    """The shared library of ``source`` in ``directory``, compiled unless already there;
+    ``compiler`` is a command line (``CC``, e.g. ``"ccache gcc"``)."""
+    command = shlex.split(compiler)
+    if not command or shutil.which(command[0]) is None:
         raise NativeUnavailable(f"no C compiler: {compiler!r} is not on PATH (set CC)")
-    version = _run([compiler, "--version"]).splitlines()[0]
-    text = source.read_bytes()
+    version = (_run([*command, "--version"]).splitlines() or ["unknown version"])[0]
+    recipe = repr(_commands(command, source, Path("."), Path("lib.so")))
     key = hashlib.sha256(b"\0".join(
-        [text, " ".join(FLAGS).encode(), version.encode(), _cpu_signature().encode()]))
+        [source.read_bytes(), recipe.encode(), version.encode(), _cpu_signature().encode()]))
     target = directory / f"{source.stem}-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
-    directory.mkdir(parents=True, exist_ok=True)
-    # Built in a private folder and renamed into place: processes compiling at the same
-    # time (DDP ranks) each finish with a whole library.
+    # Private to the user: a library loaded from a folder others can write to would run
+    # their code. Built in a scratch folder and renamed into place, so processes compiling
+    # at the same time (DDP ranks) each finish with a whole library.
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
-        objects = []
-        for suffix, element in ELEMENT_TYPES.items():
-            obj = Path(scratch) / f"{suffix}.o"
-            _run([compiler, *FLAGS, f"-DREAL={element}", f"-DNAME(f)=f##_{suffix}",
-                  "-c", str(source), "-o", str(obj)])
-            objects.append(str(obj))
         library = Path(scratch) / target.name
-        _run([compiler, "-shared", *objects, "-o", str(library), "-lm"])
+        for step in _commands(command, source, Path(scratch), library):
+            _run(step)
         os.replace(library, target)
     return target
 
@@ -106,21 +116,24 @@ def build(source: Path, directory: Path, compiler: str) -> Path:
 @functools.cache
 def _load(source: Path) -> ctypes.CDLL | NativeUnavailable:
     try:
-        path = build(source, cache_dir(), os.environ.get("CC", "cc"))
-        return ctypes.CDLL(str(path))
-    except (NativeUnavailable, OSError) as error:
+        return ctypes.CDLL(str(build(source, cache_dir(), os.environ.get("CC", "cc"))))
+    except Exception as error:  # any failure here means: use the PyTorch operations
         reason = error if isinstance(error, NativeUnavailable) else NativeUnavailable(
-            f"could not build or load {source.name} under {cache_dir()}: {error}")
+            f"could not build or load {source.name}: {type(error).__name__}: {error}")
         warnings.warn(f"mhc_torch: native CPU kernels unavailable ({reason}); using PyTorch "
                       "operations, which are slower on the CPU. Set MHC_NATIVE_KERNELS=0 to "
-                      "silence this.", RuntimeWarning, stacklevel=3)
+                      "silence this.", RuntimeWarning, stacklevel=2)
         return reason
+
+
+def load(source: Path) -> ctypes.CDLL | None:
+    """The loaded library of ``source`` (built once per process), or None when it cannot be
+    built or loaded; ignores :func:`enabled`."""
+    with _LOCK:
+        loaded = _load(source)
+    return None if isinstance(loaded, NativeUnavailable) else loaded
 
 
 def library(source: Path) -> ctypes.CDLL | None:
     """The loaded library of ``source``, or None when disabled or unavailable."""
-    if not enabled():
-        return None
-    with _LOCK:
-        loaded = _load(source)
-    return None if isinstance(loaded, NativeUnavailable) else loaded
+    return load(source) if enabled() else None

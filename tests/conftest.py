@@ -19,6 +19,8 @@ OFFLINE_ENVIRONMENT = {
 }
 for _key, _value in OFFLINE_ENVIRONMENT.items():
     os.environ[_key] = _value
-for _key in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "MPLCONFIGDIR"):
+# MHC_CACHE_DIR: the native kernels are built for this run, not into the user's cache.
+for _key in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "MPLCONFIGDIR",
+             "MHC_CACHE_DIR"):
     os.environ[_key] = os.path.join(_SCRATCH, _key.lower())
     os.makedirs(os.environ[_key], exist_ok=True)

@@ -10,9 +10,10 @@
  *   backward:  dz = (dHpre * slopes, dHpost * slopes, SK_T^T(dHres))
  *
  * SK_T is the spec's iteration (mhc_spec.streams.sinkhorn): M_0 = exp(Z - max Z), then T
- * times a column then a row normalisation. It runs in double precision whatever the
- * tensors' type (so float32 logits ~87 apart do not underflow), on blocks of BLOCK tokens
- * laid out token-last so that every step is a vector operation over the block. The
+ * times a column then a row normalisation (here each column of Z is shifted by its own max,
+ * which SK_T does not see). It runs in double precision whatever the tensors' type (float32
+ * logits ~87 apart do not underflow; ~700 apart, a row can, as in the spec), on blocks of
+ * BLOCK tokens laid out token-last so that every step is a vector operation over the block. The
  * backward recomputes the 2T + 1 iterates of its block instead of reading saved ones.
  *
  * Compiled once per element type: REAL is float or double, NAME(f) appends the suffix.
@@ -24,33 +25,38 @@
 
 #define BLOCK 32  /* tokens per block: 32 measured fastest of 8, 16, 32, 64 (AVX-512) */
 
-/* M_0 of the block's tokens [first, first + count) from their logits (row stride `stride`);
- * lanes past `count` repeat the first token so that every lane stays finite. */
+/* M_0 of the block's tokens [first, first + count) from their logits (row stride `stride`),
+ * each column shifted by its own largest logit: SK_T does not change when a column of M_0
+ * is scaled (the first step divides it out), and no column can underflow to all zeros.
+ * Lanes past `count` repeat the first token so that every lane stays finite. */
 static void NAME(load_block)(double *m0, const REAL *logits, int64_t stride, int n,
                              int64_t first, int count) {
     const int nn = n * n;
-    double top[BLOCK];
     for (int lane = 0; lane < BLOCK; ++lane) {
         const REAL *z = logits + (first + (lane < count ? lane : 0)) * stride;
-        double largest = z[0];
-        for (int k = 0; k < nn; ++k) {
-            m0[k * BLOCK + lane] = z[k];
-            if (z[k] > largest) largest = z[k];
-        }
-        top[lane] = largest;
+        for (int k = 0; k < nn; ++k) m0[k * BLOCK + lane] = z[k];
     }
-    for (int k = 0; k < nn; ++k)
-        for (int lane = 0; lane < BLOCK; ++lane)
-            m0[k * BLOCK + lane] = exp(m0[k * BLOCK + lane] - top[lane]);
+    for (int j = 0; j < n; ++j) {
+        double top[BLOCK];
+        for (int lane = 0; lane < BLOCK; ++lane) top[lane] = m0[j * BLOCK + lane];
+        for (int i = 1; i < n; ++i)
+            for (int lane = 0; lane < BLOCK; ++lane)
+                top[lane] = fmax(top[lane], m0[(i * n + j) * BLOCK + lane]);
+        for (int i = 0; i < n; ++i)
+            for (int lane = 0; lane < BLOCK; ++lane)
+                m0[(i * n + j) * BLOCK + lane] = exp(m0[(i * n + j) * BLOCK + lane] - top[lane]);
+    }
 }
 
 /* Iterates 1..2T after iterate 0: step s divides the columns (s odd) or the rows (s even)
- * of iterate s - 1 by their sums. Entry (i, j) of iterate s is at it[(s nn + i n + j) B + lane]. */
-static void NAME(sinkhorn_block)(double *it, int n, int iterations) {
+ * of iterate s - 1 by their sums. Entry (i, j) of iterate s is at
+ * it[(slot(s) nn + i n + j) B + lane], slot(s) = s when all are kept (the backward reads
+ * them), else s mod 2 (two buffers; the forward needs only the last). */
+static void NAME(sinkhorn_block)(double *it, int n, int iterations, int keep_all) {
     const int nn = n * n;
     for (int step = 1; step <= 2 * iterations; ++step) {
-        const double *src = it + (size_t)(step - 1) * nn * BLOCK;
-        double *dst = it + (size_t)step * nn * BLOCK;
+        const double *src = it + (size_t)(keep_all ? step - 1 : (step - 1) % 2) * nn * BLOCK;
+        double *dst = it + (size_t)(keep_all ? step : step % 2) * nn * BLOCK;
         const int columns = step % 2;
         for (int line = 0; line < n; ++line) {
             /* entry e of line `line`: column `line`, row e (columns) or row `line`, column e */
@@ -69,8 +75,8 @@ static void NAME(sinkhorn_block)(double *it, int n, int iterations) {
     }
 }
 
-static double *NAME(iterate_buffer)(int n, int iterations) {
-    return malloc(sizeof(double) * (size_t)(2 * iterations + 1) * n * n * BLOCK);
+static double *NAME(iterate_buffer)(int n, int slots) {
+    return malloc(sizeof(double) * (size_t)slots * n * n * BLOCK);
 }
 
 /* Returns 0, or 1 when scratch memory could not be allocated. */
@@ -97,13 +103,13 @@ int NAME(mhc_stream_coefficients_forward)(
         if (iterations == 0) memcpy(hres + t * nn, z + 2 * n, sizeof(REAL) * nn);
     }
     if (iterations == 0) return 0;
-    double *it = NAME(iterate_buffer)(n, iterations);
+    double *it = NAME(iterate_buffer)(n, 2);
     if (it == NULL) return 1;
-    const double *last = it + (size_t)2 * iterations * nn * BLOCK;
+    const double *last = it;  /* step 2T lands in slot 0 */
     for (int64_t first = 0; first < tokens; first += BLOCK) {
         const int count = tokens - first < BLOCK ? (int)(tokens - first) : BLOCK;
         NAME(load_block)(it, logits + 2 * n, width, n, first, count);
-        NAME(sinkhorn_block)(it, n, iterations);
+        NAME(sinkhorn_block)(it, n, iterations, 0);
         for (int lane = 0; lane < count; ++lane)
             for (int k = 0; k < nn; ++k)
                 hres[(first + lane) * nn + k] = (REAL)last[k * BLOCK + lane];
@@ -127,8 +133,8 @@ int NAME(mhc_stream_coefficients_backward)(
         if (iterations == 0) memcpy(dz + 2 * n, d_hres + t * nn, sizeof(REAL) * nn);
     }
     if (iterations == 0) return 0;
-    double *it = NAME(iterate_buffer)(n, iterations);
-    double *grad = malloc(sizeof(double) * (size_t)nn * BLOCK);
+    double *it = NAME(iterate_buffer)(n, 2 * iterations + 1);
+    double *grad = NAME(iterate_buffer)(n, 1);
     if (it == NULL || grad == NULL) {
         free(it);
         free(grad);
@@ -137,7 +143,7 @@ int NAME(mhc_stream_coefficients_backward)(
     for (int64_t first = 0; first < tokens; first += BLOCK) {
         const int count = tokens - first < BLOCK ? (int)(tokens - first) : BLOCK;
         NAME(load_block)(it, logits + 2 * n, width, n, first, count);
-        NAME(sinkhorn_block)(it, n, iterations);
+        NAME(sinkhorn_block)(it, n, iterations, 1);
         for (int lane = 0; lane < BLOCK; ++lane)
             for (int k = 0; k < nn; ++k)
                 grad[k * BLOCK + lane] = lane < count ? d_hres[(first + lane) * nn + k] : 0.0;
@@ -163,8 +169,8 @@ int NAME(mhc_stream_coefficients_backward)(
                     }
             }
         }
-        /* M_0 = exp(Z - max Z): dZ = dM_0 * M_0 (the shift's term sums to zero, as SK is
-         * invariant to it). */
+        /* M_0 = exp(Z - column max): dZ = dM_0 * M_0 (the shifts' terms vanish: SK is
+         * invariant to scaling a column, so sum_i dM_0[i, j] M_0[i, j] = 0). */
         for (int lane = 0; lane < count; ++lane)
             for (int k = 0; k < nn; ++k)
                 d_logits[(first + lane) * width + 2 * n + k] =

@@ -8,6 +8,8 @@ call each; the maths is in ``kernels.c`` and :mod:`mhc_torch.streams.coefficient
 from __future__ import annotations
 
 import ctypes
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,22 +35,31 @@ class NativeCoefficients(NamedTuple):
     hres: Tensor
 
 
-def _functions(dtype: torch.dtype) -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
-    lib = native.library(SOURCE)
+class _Bound(NamedTuple):
+    forward: Callable[..., int]
+    backward: Callable[..., int]
+
+
+@functools.cache
+def _bound(dtype: torch.dtype) -> _Bound | None:
+    """The kernels for ``dtype`` with their C signatures, bound once per process (the
+    backward of a forward that ran them needs them whatever the environment says now)."""
+    lib = native.load(SOURCE)
     if lib is None:
         return None
     suffix = SUFFIXES[dtype]
     forward = getattr(lib, f"mhc_stream_coefficients_forward_{suffix}")
     backward = getattr(lib, f"mhc_stream_coefficients_backward_{suffix}")
-    if forward.argtypes is None:
-        forward.argtypes = [_POINTER] * 4 + [_INT64, _INT, _INT] + [_POINTER] * 6
-        backward.argtypes = [_POINTER] * 5 + [_INT64, _INT, _INT, _POINTER]
-    return forward, backward
+    forward.argtypes = [_POINTER] * 4 + [_INT64, _INT, _INT] + [_POINTER] * 6
+    backward.argtypes = [_POINTER] * 5 + [_INT64, _INT, _INT, _POINTER]
+    forward.restype = backward.restype = _INT
+    return _Bound(forward, backward)
 
 
 def usable(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the kernels run for coefficients of ``dtype`` on ``device``."""
-    return device.type == "cpu" and dtype in SUFFIXES and _functions(dtype) is not None
+    return (device.type == "cpu" and dtype in SUFFIXES and native.enabled()
+            and _bound(dtype) is not None)
 
 
 def _check(status: int) -> None:
@@ -56,19 +67,32 @@ def _check(status: int) -> None:
         raise MemoryError("mhc_torch native kernel: scratch memory could not be allocated")
 
 
+def _contiguous(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype,
+                **tensors: Tensor) -> list[Tensor]:
+    """The tensors made contiguous, after checking what the C code takes on trust: every
+    one of ``dtype`` and of its shape in ``shapes``."""
+    for name, tensor in tensors.items():
+        if tensor.dtype != dtype or tuple(tensor.shape) != shapes[name]:
+            raise ValueError(f"native coefficient kernel: {name} is {tensor.dtype} of shape "
+                             f"{tuple(tensor.shape)}, expected {dtype} of shape {shapes[name]}")
+    return [tensor.contiguous() for tensor in tensors.values()]
+
+
 def coefficients_forward(raw: Tensor, inverse_rms: Tensor, scale: Tensor, bias: Tensor,
                          streams: int, iterations: int) -> NativeCoefficients:
     """The coefficients of raw = x @ Phi (B, K) and 1/r (B,) (T = ``iterations``; 0: Hres~)."""
     count, width = raw.shape
     n = streams
-    raw, inverse_rms, scale, bias = (t.contiguous() for t in (raw, inverse_rms, scale, bias))
+    shapes = {"raw": (count, 2 * n + n * n), "inverse_rms": (count,), "scale": (width,),
+              "bias": (width,)}
+    inputs = _contiguous(shapes, raw.dtype, raw=raw, inverse_rms=inverse_rms, scale=scale,
+                         bias=bias)
     out = NativeCoefficients(
         weight=raw.new_empty((count, width)), logits=raw.new_empty((count, width)),
         hpre=raw.new_empty((count, n)), hpost=raw.new_empty((count, n)),
         slopes=raw.new_empty((count, 2 * n)), hres=raw.new_empty((count, n, n)))
-    forward, _ = _functions(raw.dtype)
-    _check(forward(raw.data_ptr(), inverse_rms.data_ptr(), scale.data_ptr(), bias.data_ptr(),
-                   count, n, iterations, *(t.data_ptr() for t in out)))
+    _check(_bound(raw.dtype).forward(*(t.data_ptr() for t in inputs), count, n, iterations,
+                                     *(t.data_ptr() for t in out)))
     return out
 
 
@@ -76,9 +100,11 @@ def coefficients_backward(d_hpre: Tensor, d_hpost: Tensor, d_hres: Tensor, slope
                           logits: Tensor, iterations: int) -> Tensor:
     """dz (B, K) from dHpre, dHpost (B, n), dHres (B, n, n) and the forward's outputs."""
     count, n = d_hpre.shape
+    shapes = {"d_hpre": (count, n), "d_hpost": (count, n), "d_hres": (count, n, n),
+              "slopes": (count, 2 * n), "logits": (count, 2 * n + n * n)}
+    inputs = _contiguous(shapes, logits.dtype, d_hpre=d_hpre, d_hpost=d_hpost, d_hres=d_hres,
+                         slopes=slopes, logits=logits)
     d_logits = logits.new_empty(logits.shape)
-    inputs = [t.contiguous() for t in (d_hpre, d_hpost, d_hres, slopes, logits)]
-    _, backward = _functions(logits.dtype)
-    _check(backward(*(t.data_ptr() for t in inputs), count, n, iterations,
-                    d_logits.data_ptr()))
+    _check(_bound(logits.dtype).backward(*(t.data_ptr() for t in inputs), count, n,
+                                         iterations, d_logits.data_ptr()))
     return d_logits

@@ -27,6 +27,9 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 TOLERANCES = {"float64": (1e-10, 1e-12), "float32": (1e-5, 1e-6)}
 PARAMETER_NAMES = {"streams.reduce_logits": "readout.reduce_logits"}
 
+# Both coefficient paths: the native CPU kernels and the PyTorch operations.
+pytestmark = pytest.mark.usefixtures("coefficient_path")
+
 
 def assert_matches(got, want, case: StreamCase, what: str) -> None:
     got = got.detach().to(torch.float64).numpy() if isinstance(got, torch.Tensor) else got

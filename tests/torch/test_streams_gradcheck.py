@@ -12,6 +12,9 @@ from torch import nn
 
 from mhc_torch import StreamLayer, StreamSequential
 
+# Both coefficient paths: the native CPU kernels and the PyTorch operations.
+pytestmark = pytest.mark.usefixtures("coefficient_path")
+
 
 def randomise(module: nn.Module, seed: int) -> None:
     """Draw every parameter (b_res non-symmetric, phi non-zero) so no gradient vanishes."""

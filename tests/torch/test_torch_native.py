@@ -6,6 +6,8 @@ compiler that CI and the set-up script's machines have."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,8 +42,8 @@ def draw(tokens: int, n: int, dtype: torch.dtype, spread: float = 3.0
 
 
 @pytest.mark.parametrize(("n", "iterations", "tokens"), [
-    (1, 5, 3), (2, 1, 17), (3, 20, 40), (4, 20, 1), (4, 20, 100), (8, 5, 33), (4, 0, 20),
-    (2, 0, 5)])
+    (1, 5, 3), (2, 1, 17), (3, 20, 40), (4, 20, 1), (4, 20, 32), (4, 20, 100), (8, 5, 33),
+    (16, 20, 64), (4, 0, 20), (2, 0, 5)])
 def test_forward_and_backward_equal_the_pytorch_operations(
         n: int, iterations: int, tokens: int) -> None:
     raw, inverse_rms, scale, bias = draw(tokens, n, F64)
@@ -71,20 +73,61 @@ def test_float32_kernels_match_float64() -> None:
                                          4, 20)
     assert out.hres.dtype == torch.float32
     torch.testing.assert_close(out.hres.double(), exact.hres, rtol=1e-6, atol=1e-7)
-    cotangents = [torch.randn(shape) for shape in ((300, 4), (300, 4), (300, 4, 4))]
+    generator = torch.Generator().manual_seed(2)
+    cotangents = [torch.randn(shape, generator=generator)
+                  for shape in ((300, 4), (300, 4), (300, 4, 4))]
     d32 = kernels.coefficients_backward(*cotangents, out.slopes, out.logits, 20)
     d64 = kernels.coefficients_backward(*(c.double() for c in cotangents), exact.slopes,
                                         exact.logits, 20)
     torch.testing.assert_close(d32.double(), d64, rtol=1e-5, atol=1e-6)
 
 
-def test_sinkhorn_of_widely_spread_float32_logits_is_finite_and_row_stochastic() -> None:
-    # Logits 150 apart: exp(-150) underflows in float32; the kernel iterates in double.
+def test_widely_spread_logits_match_the_log_domain_reference_forward_and_backward() -> None:
+    # Logits ~150 apart: exp(-150) underflows in float32; the kernel iterates in double.
     raw, inverse_rms, scale, bias = draw(64, 4, torch.float32, spread=50.0)
     out = kernels.coefficients_forward(raw, inverse_rms, scale, bias, 4, 20)
     assert (out.logits.amax(1) - out.logits.amin(1)).max() > 150
-    assert torch.isfinite(out.hres).all()
-    torch.testing.assert_close(out.hres.sum(-1), torch.ones(64, 4), rtol=0, atol=1e-6)
+    z = out.logits.double().requires_grad_()
+    want = heads(z, 4, 20)[2]
+    torch.testing.assert_close(out.hres.double(), want, rtol=1e-5, atol=1e-6)
+    d_hres = torch.randn(64, 4, 4, generator=torch.Generator().manual_seed(3))
+    (want * d_hres.double()).sum().backward()
+    zeros = torch.zeros(64, 4)
+    d_logits = kernels.coefficients_backward(zeros, zeros, d_hres, out.slopes, out.logits, 20)
+    torch.testing.assert_close(d_logits[:, 8:].double(), z.grad[:, 8:], rtol=1e-4, atol=1e-5)
+
+
+def test_a_column_far_below_the_others_does_not_underflow() -> None:
+    # Column 0 sits 800 below the rest: exp(-800) is 0 even in double, so a shift by the
+    # matrix's max would divide 0 by 0; each column is shifted by its own max instead.
+    n, tokens = 3, 5
+    generator = torch.Generator().manual_seed(4)
+    res = torch.randn(tokens, n, n, generator=generator, dtype=F64)
+    res[:, :, 0] -= 800.0
+    logits = torch.cat([torch.zeros(tokens, 2 * n, dtype=F64), res.flatten(1)], dim=1)
+    raw, ones = logits, torch.ones(tokens, dtype=F64)
+    out = kernels.coefficients_forward(raw, ones, torch.ones(2 * n + n * n, dtype=F64),
+                                       torch.zeros(2 * n + n * n, dtype=F64), n, 20)
+    torch.testing.assert_close(out.hres, sinkhorn_reference(res, 20), rtol=1e-12, atol=1e-14)
+
+
+def test_the_wrappers_refuse_what_the_c_code_would_misread() -> None:
+    raw, inverse_rms, scale, bias = draw(10, 4, F64)
+    with pytest.raises(ValueError, match=r"inverse_rms is torch.float32 .* expected "
+                                         r"torch.float64 of shape \(10,\)"):
+        kernels.coefficients_forward(raw, inverse_rms.float(), scale, bias, 4, 20)
+    with pytest.raises(ValueError, match=r"raw is .* shape \(10, 24\), expected .* \(10, 15\)"):
+        kernels.coefficients_forward(raw, inverse_rms, scale, bias, 3, 20)
+
+
+def test_a_backward_after_the_kernels_are_switched_off_still_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = StreamSequential([nn.Linear(8, 8) for _ in range(2)], streams=4)
+    loss = model(torch.randn(3, 8)).square().sum()
+    monkeypatch.setenv("MHC_NATIVE_KERNELS", "0")  # the forward's nodes keep their kernels
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def stack_run(dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -103,7 +146,17 @@ def stack_run(dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor]
 @pytest.mark.parametrize(("dtype", "tolerance"), [(F64, 1e-12), (torch.float32, 1e-5)])
 def test_stack_is_the_same_with_the_kernels_switched_off(
         monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, tolerance: float) -> None:
+    calls = {"forward": 0, "backward": 0}
+    for direction in calls:
+        real = getattr(kernels, f"coefficients_{direction}")
+
+        def counted(*args, _real=real, _direction=direction):
+            calls[_direction] += 1
+            return _real(*args)
+
+        monkeypatch.setattr(kernels, f"coefficients_{direction}", counted)
     out, grads = stack_run(dtype)
+    assert calls == {"forward": 3, "backward": 3}  # one per layer: the native path ran
     monkeypatch.setenv("MHC_NATIVE_KERNELS", "0")
     assert not kernels.usable(dtype, torch.device("cpu"))
     plain_out, plain_grads = stack_run(dtype)
@@ -123,7 +176,7 @@ def test_kernels_are_used_for_cpu_float_tensors_only() -> None:
 
 
 def test_build_compiles_once_then_reuses_the_cached_library(
-        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     commands: list[list[str]] = []
     run = native._run
 
@@ -145,7 +198,7 @@ def test_a_missing_compiler_is_named() -> None:
         native.build(kernels.SOURCE, native.cache_dir(), "no-such-cc")
 
 
-def test_a_compiler_error_is_reported(tmp_path) -> None:
+def test_a_compiler_error_is_reported(tmp_path: Path) -> None:
     broken = tmp_path / "broken.c"
     broken.write_text("this is not C\n")
     with pytest.raises(native.NativeUnavailable, match="failed"):
@@ -153,14 +206,17 @@ def test_a_compiler_error_is_reported(tmp_path) -> None:
 
 
 @pytest.fixture
-def fresh_loader():
+def fresh_loader() -> Iterator[None]:
+    """The loader and the bindings forget what this process built, before and after."""
     native._load.cache_clear()
+    kernels._bound.cache_clear()
     yield
     native._load.cache_clear()
+    kernels._bound.cache_clear()
 
 
 def test_unavailable_kernels_warn_once_and_fall_back(
-        tmp_path, monkeypatch: pytest.MonkeyPatch, fresh_loader) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_loader: None) -> None:
     monkeypatch.setenv("CC", "no-such-cc")
     monkeypatch.setenv("MHC_CACHE_DIR", str(tmp_path))
     with pytest.warns(RuntimeWarning, match="native CPU kernels unavailable .*no-such-cc"):
@@ -178,7 +234,7 @@ def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch, value:
     assert not native.enabled() and native.library(kernels.SOURCE) is None
 
 
-def test_cache_dir_settings(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+def test_cache_dir_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MHC_CACHE_DIR", str(tmp_path / "mine"))
     assert native.cache_dir() == tmp_path / "mine"
     monkeypatch.delenv("MHC_CACHE_DIR")
