@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from benchmarks.results_io import RESULTS_DIR, read_results
@@ -74,12 +75,26 @@ def header_section(results: Results) -> list[str]:
             f"{load(run.get('load_after'))}",
             f"- Machine shared during the run: {run.get('shared_summary', 'unknown')}",
         ]
-    dates = {name: p["machine"].get("date", "n/a")[:16] for name, p in results.items()
+    dates = {name: p["machine"].get("date", "n/a") for name, p in results.items()
              if name != "run" and "machine" in p}
-    if len(set(dates.values()) | {str(described.get("date", "n/a"))[:16]}) > 1:
+    outside = {name: date[:16] for name, date in dates.items()
+               if not within_run(date, described.get("date"), run.get("total_s") if run else None)}
+    if outside:
         lines.append("- Partial reruns: result files measured at other times than the run "
-                     "above (UTC): " + ", ".join(f"{n} {d}" for n, d in sorted(dates.items())))
+                     "above (UTC): " + ", ".join(f"{n} {d}" for n, d in sorted(outside.items())))
     return [*lines, ""]
+
+
+def within_run(date: str, run_end: str | None, total_s: float | None) -> bool:
+    """Whether a section written at ``date`` belongs to the run that ended at ``run_end``
+    after ``total_s`` seconds (ISO dates; a minute of slack each side)."""
+    try:
+        written, end = datetime.fromisoformat(date), datetime.fromisoformat(str(run_end))
+    except ValueError:
+        return False
+    start = end - timedelta(seconds=total_s or 0)
+    slack = timedelta(minutes=1)
+    return start - slack <= written <= end + slack
 
 
 def targets_section(results: Results) -> list[str]:

@@ -36,7 +36,7 @@ from mhc_dashboard import (
 from mhc_spec.config import check_bool, check_int
 from mhc_spec.projections import window_size
 from mhc_spec.statistics import amplification, attenuation, entropy, skip_gain
-from mhc_torch.history import reset_history
+from mhc_torch.history import HistoryBuffer, history_buffers
 from mhc_torch.sequential import MHCSequential, iter_mhc_modules
 from mhc_torch.streams import StreamSequential
 
@@ -89,7 +89,9 @@ class MHCLightningCallback(Callback):
 
     **Resets.** On every rank, at the start of each train, validation, test and predict
     batch, every :class:`~mhc_torch.MHCSequential` inside the LightningModule (nested ones
-    included) drops its carried history, so batches stay independent.
+    included) drops its carried history, so batches stay independent. The buffers are
+    collected once when each stage starts (after ``configure_model``), not walked for at
+    every batch: a module swapped in during a stage is reset from the next stage on.
 
     **Cadence.** A training step logs when ``trainer.global_step % every == 0``, with
     ``every = log_every_n_steps`` or, if that is None, the trainer's own
@@ -201,6 +203,7 @@ class MHCLightningCallback(Callback):
         self._recording: list[StreamSequential] = []
         self._recording_step: int | None = None
         self._histories: dict[str, _WeightHistory] = {}
+        self._buffers: list[HistoryBuffer] = []
 
     @property
     def _logs_anything(self) -> bool:
@@ -214,6 +217,7 @@ class MHCLightningCallback(Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._drop_recordings()
+        self._buffers = []
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (next(iter_mhc_modules(pl_module), None) is None
@@ -224,11 +228,30 @@ class MHCLightningCallback(Callback):
             rank_zero_warn("MHCLightningCallback: the trainer has no logger, so the "
                            "dashboard is not recorded (history is still reset).")
 
-    # Resets: every batch of every stage, on every rank.
+    # Resets: every batch of every stage, on every rank, of the buffers found at its start.
+
+    def _collect_buffers(self, pl_module: pl.LightningModule) -> None:
+        self._buffers = history_buffers(pl_module)
+
+    def _reset_buffers(self) -> None:
+        for buffer in self._buffers:
+            buffer.reset()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._collect_buffers(pl_module)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._collect_buffers(pl_module)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._collect_buffers(pl_module)
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._collect_buffers(pl_module)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                              batch: Any, batch_idx: int) -> None:
-        reset_history(pl_module)
+        self._reset_buffers()
         if self._armed:
             self._disarm()
         step = trainer.global_step
@@ -256,15 +279,15 @@ class MHCLightningCallback(Callback):
 
     def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                   batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        reset_history(pl_module)
+        self._reset_buffers()
 
     def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                             batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        reset_history(pl_module)
+        self._reset_buffers()
 
     def on_predict_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        reset_history(pl_module)
+        self._reset_buffers()
 
     # The dashboard: logging steps only.
 

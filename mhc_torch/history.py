@@ -87,18 +87,25 @@ def _buffers_in(value: object) -> Iterator[HistoryBuffer]:
             yield from _buffers_in(item)
 
 
-def reset_history(model: nn.Module) -> int:
-    """Reset every :class:`HistoryBuffer` held by ``model`` or any of its submodules
-    (as an attribute, or inside a list, tuple or dict attribute); returns how many."""
-    seen: set[int] = set()
+def history_buffers(model: nn.Module) -> list[HistoryBuffer]:
+    """Every :class:`HistoryBuffer` held by ``model`` or any of its submodules (as an
+    attribute, or inside a list, tuple or dict attribute), each once."""
+    found: dict[int, HistoryBuffer] = {}
     for module in model.modules():
         for key, value in vars(module).items():
-            # Called at every batch: torch's own bookkeeping (parameter, buffer, submodule
-            # and hook dicts) cannot hold a HistoryBuffer, and walking it was 3/4 of the cost.
+            # torch's own bookkeeping (parameter, buffer, submodule and hook dicts) cannot
+            # hold a HistoryBuffer, and walking it was 3/4 of the cost.
             if key in _MODULE_INTERNALS or not isinstance(value, _HOLDERS):
                 continue
             for buffer in _buffers_in(value):
-                if id(buffer) not in seen:
-                    seen.add(id(buffer))
-                    buffer.reset()
-    return len(seen)
+                found.setdefault(id(buffer), buffer)
+    return list(found.values())
+
+
+def reset_history(model: nn.Module) -> int:
+    """Reset every :class:`HistoryBuffer` held by ``model`` or any of its submodules
+    (as an attribute, or inside a list, tuple or dict attribute); returns how many."""
+    buffers = history_buffers(model)
+    for buffer in buffers:
+        buffer.reset()
+    return len(buffers)

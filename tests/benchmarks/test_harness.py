@@ -201,3 +201,14 @@ def test_lightning_section_reports_the_hook_time() -> None:
     payload["hook_time"] = {"median_s": 70e-6, "n": 12, "fraction_of_step": 0.0058}
     text = "\n".join(lightning_section({"lightning_overhead": payload}))
     assert "median 70 us per non-logging step (0.58% of the median step; n = 12)" in text
+
+
+def test_sections_of_the_run_are_not_listed_as_partial_reruns() -> None:
+    from benchmarks.report import within_run
+
+    end = "2026-12-05T03:48:36+00:00"
+    assert within_run("2026-12-05T03:34:10+00:00", end, 1034.0)  # 14.4 min into a 17 min run
+    assert within_run("2026-12-05T03:49:00+00:00", end, 1034.0)  # within the slack
+    assert not within_run("2026-12-05T01:50:00+00:00", end, 1034.0)  # an earlier rerun
+    assert not within_run("2026-12-05T03:34:10+00:00", end, 60.0)
+    assert not within_run("n/a", end, 1034.0)

@@ -66,9 +66,11 @@ def test_no_work_on_non_logging_steps(tmp_path, monkeypatch):
     spies = {}
     # _host is the callback's only device-to-host copy; the rest is statistics and drawing.
     for name in ("_host", "entropy", "skip_gain", "amplification", "mixing_heatmap",
-                 "highway_plot", "figure_to_rgb", "layer_history_frames", "reset_history"):
+                 "highway_plot", "figure_to_rgb", "layer_history_frames", "history_buffers"):
         spies[name] = _Spy(getattr(callback_module, name), box)
         monkeypatch.setattr(callback_module, name, spies[name])
+    spies["reset"] = _Spy(model.net.history.reset, box)
+    monkeypatch.setattr(model.net.history, "reset", spies["reset"])
     for name in ("capture_highway", "pop_highway"):
         spies[name] = _Spy(getattr(model.net, name), box)
         monkeypatch.setattr(model.net, name, spies[name])
@@ -84,8 +86,10 @@ def test_no_work_on_non_logging_steps(tmp_path, monkeypatch):
     assert spies["capture_highway"].steps == logged  # armed once per logging step
     assert set(spies["_host"].steps) == set(logged)
     assert spies["layer_history_frames"].steps == [5, 10]  # the two epoch ends
-    # Resets: each of the 10 training batches and each of the 2 x 2 validation batches.
-    assert len(spies["reset_history"].steps) == 10 + 4
+    # Resets: each of the 10 training batches and each of the 2 x 2 validation batches, of
+    # the buffers collected when training and each validation run start.
+    assert len(spies["reset"].steps) == 10 + 4
+    assert spies["history_buffers"].steps == [0, 5, 10]
 
 
 def test_gradient_accumulation_reads_once_per_optimizer_step(tmp_path, monkeypatch):

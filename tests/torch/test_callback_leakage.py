@@ -20,11 +20,14 @@ class CarryingModule(L.LightningModule):
 
     def __init__(self):
         super().__init__()
+        self.build()
+        self.outputs: list[torch.Tensor] = []
+
+    def build(self):
         torch.manual_seed(0)
         stack = MHCSequential([nn.Linear(6, 6) for _ in range(4)], max_history=3,
                                mode="mhc", carry_history=True)
         self.body = nn.ModuleDict({"inner": nn.Sequential(stack)})
-        self.outputs: list[torch.Tensor] = []
 
     def _run(self, batch):
         x, y = batch
@@ -50,8 +53,20 @@ class CarryingModule(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def _last_output(stage: str, loader, with_callback: bool) -> torch.Tensor:
-    model = CarryingModule()
+class LateModule(CarryingModule):
+    """The same stack, created in configure_model (after the callback's setup hook)."""
+
+    def build(self):
+        self.body = None
+
+    def configure_model(self):
+        if self.body is None:
+            super().build()
+
+
+def _last_output(stage: str, loader, with_callback: bool,
+                 module: type[CarryingModule] = CarryingModule) -> torch.Tensor:
+    model = module()
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False,
                         callbacks=[MHCLightningCallback()] if with_callback else [],
                         enable_progress_bar=False, enable_model_summary=False,
@@ -66,11 +81,12 @@ def _a_then_b_and_b_alone():
     return a_then_b, b_alone
 
 
+@pytest.mark.parametrize("module", [CarryingModule, LateModule])
 @pytest.mark.parametrize("stage", STAGES)
-def test_batch_outputs_do_not_depend_on_earlier_batches(stage):
+def test_batch_outputs_do_not_depend_on_earlier_batches(stage, module):
     a_then_b, b_alone = _a_then_b_and_b_alone()
-    after_a = _last_output(stage, a_then_b, with_callback=True)
-    alone = _last_output(stage, b_alone, with_callback=True)
+    after_a = _last_output(stage, a_then_b, with_callback=True, module=module)
+    alone = _last_output(stage, b_alone, with_callback=True, module=module)
     torch.testing.assert_close(after_a, alone, rtol=0, atol=0)
 
 
