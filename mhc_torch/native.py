@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-std=c11")
@@ -137,3 +138,23 @@ def load(source: Path) -> ctypes.CDLL | None:
 def library(source: Path) -> ctypes.CDLL | None:
     """The loaded library of ``source``, or None when disabled or unavailable."""
     return load(source) if enabled() else None
+
+
+Signature = tuple[str, tuple[type, ...], type | None]  # C name without suffix, args, result
+
+
+@functools.cache
+def bind(source: Path, suffix: str, signatures: tuple[Signature, ...]
+         ) -> dict[str, Callable[..., object]] | None:
+    """{name: function} of ``source``'s library for one element type (``f32``, ``f64``),
+    typed by ``signatures``; bound once per process, None when the library is unavailable
+    (whatever :func:`enabled` says: a backward needs its forward's kernels)."""
+    lib = load(source)
+    if lib is None:
+        return None
+    functions = {}
+    for name, argtypes, restype in signatures:
+        function = getattr(lib, f"{name}_{suffix}")
+        function.argtypes, function.restype = list(argtypes), restype
+        functions[name] = function
+    return functions

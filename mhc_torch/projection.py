@@ -9,12 +9,17 @@ computation per forward, in the parameters' dtype (float32 under autocast).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from mhc_spec.config import MHCConfig
+from mhc_torch import native
 from mhc_torch.autograd_apply import apply_function
 
 
@@ -51,8 +56,54 @@ class _Sparsemax(torch.autograd.Function):
         return torch.where(support, grad - mean, 0.0)
 
 
+KERNELS = Path(__file__).with_name("projection_kernels.c")
+_ROWS_SIGNATURE = (ctypes.c_int64, ctypes.c_int)
+SIGNATURES: tuple[native.Signature, ...] = (
+    ("mhc_sparsemax_forward", (ctypes.c_void_p, *_ROWS_SIGNATURE, ctypes.c_void_p), None),
+    ("mhc_sparsemax_backward", (ctypes.c_void_p, ctypes.c_void_p, *_ROWS_SIGNATURE,
+                                ctypes.c_void_p), None),
+)
+_SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def _native(tensor: Tensor) -> dict[str, Callable[..., None]] | None:
+    """The native sparsemax kernels for a contiguous CPU (rows, H) float tensor in plain eager
+    mode (one call for all layers instead of a dozen operators per direction), else None:
+    the operators then run (torch.func transforms and torch.compile trace them)."""
+    if (tensor.device.type != "cpu" or tensor.dtype not in _SUFFIXES or tensor.ndim != 2
+            or not tensor.is_contiguous() or type(tensor) is not Tensor
+            or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or not native.enabled()):
+        return None
+    return native.bind(KERNELS, _SUFFIXES[tensor.dtype], SIGNATURES)
+
+
+class _NativeSparsemax(torch.autograd.Function):
+    """:class:`_Sparsemax` as one native call per direction for all rows (plain eager mode
+    on the CPU; the kernels are :data:`KERNELS`)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, kernels: dict[str, Callable[..., None]]) -> Tensor:
+        a = torch.empty_like(z)
+        kernels["mhc_sparsemax_forward"](z.data_ptr(), z.shape[0], z.shape[1], a.data_ptr())
+        ctx.kernels = kernels
+        ctx.save_for_backward(a)
+        return a
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (a,) = ctx.saved_tensors
+        grad, dz = grad.contiguous(), torch.empty_like(a)
+        ctx.kernels["mhc_sparsemax_backward"](a.data_ptr(), grad.data_ptr(), a.shape[0],
+                                              a.shape[1], dz.data_ptr())
+        return dz, None
+
+
 def sparsemax(z: Tensor) -> Tensor:
     """argmin_{a in simplex} ||a - z||^2 on the last axis (entries of -inf get exactly 0)."""
+    if (kernels := _native(z)) is not None:
+        return apply_function(_NativeSparsemax, z, kernels)
     return apply_function(_Sparsemax, z)
 
 

@@ -8,7 +8,6 @@ call each; the maths is in ``kernels.c`` and :mod:`mhc_torch.streams.coefficient
 from __future__ import annotations
 
 import ctypes
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -35,25 +34,15 @@ class NativeCoefficients(NamedTuple):
     hres: Tensor
 
 
-class _Bound(NamedTuple):
-    forward: Callable[..., int]
-    backward: Callable[..., int]
+SIGNATURES: tuple[native.Signature, ...] = (
+    ("mhc_stream_coefficients_forward", (_POINTER,) * 4 + (_INT64, _INT, _INT) + (_POINTER,) * 6,
+     _INT),
+    ("mhc_stream_coefficients_backward", (_POINTER,) * 5 + (_INT64, _INT, _INT, _POINTER), _INT),
+)
 
 
-@functools.cache
-def _bound(dtype: torch.dtype) -> _Bound | None:
-    """The kernels for ``dtype`` with their C signatures, bound once per process (the
-    backward of a forward that ran them needs them whatever the environment says now)."""
-    lib = native.load(SOURCE)
-    if lib is None:
-        return None
-    suffix = SUFFIXES[dtype]
-    forward = getattr(lib, f"mhc_stream_coefficients_forward_{suffix}")
-    backward = getattr(lib, f"mhc_stream_coefficients_backward_{suffix}")
-    forward.argtypes = [_POINTER] * 4 + [_INT64, _INT, _INT] + [_POINTER] * 6
-    backward.argtypes = [_POINTER] * 5 + [_INT64, _INT, _INT, _POINTER]
-    forward.restype = backward.restype = _INT
-    return _Bound(forward, backward)
+def _bound(dtype: torch.dtype) -> dict[str, Callable[..., int]] | None:
+    return native.bind(SOURCE, SUFFIXES[dtype], SIGNATURES)
 
 
 def usable(dtype: torch.dtype, device: torch.device) -> bool:
@@ -91,8 +80,9 @@ def coefficients_forward(raw: Tensor, inverse_rms: Tensor, scale: Tensor, bias: 
         weight=raw.new_empty((count, width)), logits=raw.new_empty((count, width)),
         hpre=raw.new_empty((count, n)), hpost=raw.new_empty((count, n)),
         slopes=raw.new_empty((count, 2 * n)), hres=raw.new_empty((count, n, n)))
-    _check(_bound(raw.dtype).forward(*(t.data_ptr() for t in inputs), count, n, iterations,
-                                     *(t.data_ptr() for t in out)))
+    forward = _bound(raw.dtype)["mhc_stream_coefficients_forward"]
+    _check(forward(*(t.data_ptr() for t in inputs), count, n, iterations,
+                   *(t.data_ptr() for t in out)))
     return out
 
 
@@ -105,6 +95,7 @@ def coefficients_backward(d_hpre: Tensor, d_hpost: Tensor, d_hres: Tensor, slope
     inputs = _contiguous(shapes, logits.dtype, d_hpre=d_hpre, d_hpost=d_hpost, d_hres=d_hres,
                          slopes=slopes, logits=logits)
     d_logits = logits.new_empty(logits.shape)
-    _check(_bound(logits.dtype).backward(*(t.data_ptr() for t in inputs), count, n,
-                                         iterations, d_logits.data_ptr()))
+    backward = _bound(logits.dtype)["mhc_stream_coefficients_backward"]
+    _check(backward(*(t.data_ptr() for t in inputs), count, n, iterations,
+                    d_logits.data_ptr()))
     return d_logits

@@ -209,10 +209,10 @@ def test_a_compiler_error_is_reported(tmp_path: Path) -> None:
 def fresh_loader() -> Iterator[None]:
     """The loader and the bindings forget what this process built, before and after."""
     native._load.cache_clear()
-    kernels._bound.cache_clear()
+    native.bind.cache_clear()
     yield
     native._load.cache_clear()
-    kernels._bound.cache_clear()
+    native.bind.cache_clear()
 
 
 def test_unavailable_kernels_warn_once_and_fall_back(
@@ -240,3 +240,39 @@ def test_cache_dir_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.delenv("MHC_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert native.cache_dir() == tmp_path / "mhc"
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("style", ["normal", "tied", "huge", "masked"])
+def test_native_sparsemax_equals_the_operators_forward_and_backward(
+        monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, style: str) -> None:
+    from mhc_torch.projection import _native, sparsemax
+
+    generator = torch.Generator().manual_seed(5)
+    z = torch.randn(50, 6, generator=generator, dtype=F64)
+    if style == "tied":  # entries on the support's threshold included
+        z = torch.randint(-2, 3, (50, 6), generator=generator).to(F64) / 2
+    elif style == "huge":
+        z = z * 1e4
+    elif style == "masked":
+        z = torch.where(torch.rand(50, 6, generator=generator, dtype=F64) < 0.4,
+                        float("-inf"), z)
+        z[:, -1] = 0.5  # the newest state is always available
+    z = z.to(dtype)
+    g = torch.randn(50, 6, generator=generator, dtype=F64).to(dtype)
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        leaf = z.clone().requires_grad_()
+        a = sparsemax(leaf)
+        return a.detach(), torch.autograd.grad(a, leaf, g)[0]
+
+    assert _native(z) is not None
+    a, grad = run()
+    monkeypatch.setenv("MHC_NATIVE_KERNELS", "0")
+    assert _native(z) is None
+    want, want_grad = run()
+    tolerance = {F64: 1e-12, torch.float32: 1e-6}[dtype]
+    torch.testing.assert_close(a, want, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(grad, want_grad, rtol=tolerance, atol=tolerance)
+    assert (a[torch.isinf(z)] == 0).all()
+    torch.testing.assert_close(a.sum(-1), torch.ones(50, dtype=dtype))
