@@ -90,8 +90,9 @@ class MHCLightningCallback(Callback):
     **Resets.** On every rank, at the start of each train, validation, test and predict
     batch, every :class:`~mhc_torch.MHCSequential` inside the LightningModule (nested ones
     included) drops its carried history, so batches stay independent. The buffers are
-    collected once when each stage starts (after ``configure_model``), not walked for at
-    every batch: a module swapped in during a stage is reset from the next stage on.
+    collected at the first batch of each stage (and of each return to training after a
+    validation run), not walked for at every batch: a buffer created later, e.g. inside
+    ``forward``, is reset from the next stage on.
 
     **Cadence.** A training step logs when ``trainer.global_step % every == 0``, with
     ``every = log_every_n_steps`` or, if that is None, the trainer's own
@@ -203,7 +204,7 @@ class MHCLightningCallback(Callback):
         self._recording: list[StreamSequential] = []
         self._recording_step: int | None = None
         self._histories: dict[str, _WeightHistory] = {}
-        self._buffers: list[HistoryBuffer] = []
+        self._buffers: list[HistoryBuffer] | None = None
 
     @property
     def _logs_anything(self) -> bool:
@@ -217,7 +218,7 @@ class MHCLightningCallback(Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._drop_recordings()
-        self._buffers = []
+        self._forget_buffers()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (next(iter_mhc_modules(pl_module), None) is None
@@ -230,28 +231,42 @@ class MHCLightningCallback(Callback):
 
     # Resets: every batch of every stage, on every rank, of the buffers found at its start.
 
-    def _collect_buffers(self, pl_module: pl.LightningModule) -> None:
-        self._buffers = history_buffers(pl_module)
+    def _forget_buffers(self) -> None:
+        self._buffers = None
 
-    def _reset_buffers(self) -> None:
+    def _reset_buffers(self, pl_module: pl.LightningModule) -> None:
+        # Collected at a stage's first batch, after every start hook (the module's own
+        # on_*_start, which Lightning calls after the callbacks', may still build stacks).
+        if self._buffers is None:
+            self._buffers = history_buffers(pl_module)
         for buffer in self._buffers:
             buffer.reset()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._collect_buffers(pl_module)
+        self._forget_buffers()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._collect_buffers(pl_module)
+        self._forget_buffers()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._forget_buffers()  # training batches that follow collect again
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._collect_buffers(pl_module)
+        self._forget_buffers()
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._collect_buffers(pl_module)
+        self._forget_buffers()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        # teardown is not called after an exception; drop what points into the module.
+        self._forget_buffers()
+        self._drop_recordings()
+        self._disarm()
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                              batch: Any, batch_idx: int) -> None:
-        self._reset_buffers()
+        self._reset_buffers(pl_module)
         if self._armed:
             self._disarm()
         step = trainer.global_step
@@ -279,15 +294,15 @@ class MHCLightningCallback(Callback):
 
     def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                   batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._reset_buffers()
+        self._reset_buffers(pl_module)
 
     def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                             batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._reset_buffers()
+        self._reset_buffers(pl_module)
 
     def on_predict_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._reset_buffers()
+        self._reset_buffers(pl_module)
 
     # The dashboard: logging steps only.
 

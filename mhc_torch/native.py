@@ -29,8 +29,9 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-std=c11")
 ELEMENT_TYPES = {"f32": "float", "f64": "double"}
@@ -145,7 +146,7 @@ Signature = tuple[str, tuple[type, ...], type | None]  # C name without suffix, 
 
 @functools.cache
 def bind(source: Path, suffix: str, signatures: tuple[Signature, ...]
-         ) -> dict[str, Callable[..., object]] | None:
+         ) -> Mapping[str, Callable[..., Any]] | None:
     """{name: function} of ``source``'s library for one element type (``f32``, ``f64``),
     typed by ``signatures``; bound once per process, None when the library is unavailable
     (whatever :func:`enabled` says: a backward needs its forward's kernels)."""

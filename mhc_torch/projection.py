@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from mhc_spec.config import MHCConfig
 from mhc_torch import native
@@ -50,10 +50,15 @@ class _Sparsemax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (a,) = ctx.saved_tensors
-        support = a > 0
-        on_support = torch.where(support, grad, 0.0)
-        mean = on_support.sum(dim=-1, keepdim=True) / support.sum(dim=-1, keepdim=True)
-        return torch.where(support, grad - mean, 0.0)
+        return _sparsemax_vjp(a, grad)
+
+
+def _sparsemax_vjp(a: Tensor, grad: Tensor) -> Tensor:
+    """dz = s * (g - <s, g> / |s|), s = [a > 0], with differentiable operations."""
+    support = a > 0
+    on_support = torch.where(support, grad, 0.0)
+    mean = on_support.sum(dim=-1, keepdim=True) / support.sum(dim=-1, keepdim=True)
+    return torch.where(support, grad - mean, 0.0)
 
 
 KERNELS = Path(__file__).with_name("projection_kernels.c")
@@ -66,13 +71,18 @@ SIGNATURES: tuple[native.Signature, ...] = (
 _SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 
 
-def _native(tensor: Tensor) -> dict[str, Callable[..., None]] | None:
+MAX_NATIVE_WIDTH = 1024  # states per row the kernel takes (it sorts them on the stack)
+
+
+def _native(tensor: Tensor) -> Mapping[str, Callable[..., Any]] | None:
     """The native sparsemax kernels for a contiguous CPU (rows, H) float tensor in plain eager
     mode (one call for all layers instead of a dozen operators per direction), else None:
-    the operators then run (torch.func transforms and torch.compile trace them)."""
+    the operators then run (torch.func transforms, torch.compile and TorchScript tracing
+    record them; tensor subclasses such as FakeTensor have no memory behind data_ptr)."""
     if (tensor.device.type != "cpu" or tensor.dtype not in _SUFFIXES or tensor.ndim != 2
-            or not tensor.is_contiguous() or type(tensor) is not Tensor
-            or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or not 0 < tensor.shape[1] <= MAX_NATIVE_WIDTH or not tensor.is_contiguous()
+            or type(tensor) is not Tensor or torch.compiler.is_compiling()
+            or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()
             or not native.enabled()):
         return None
     return native.bind(KERNELS, _SUFFIXES[tensor.dtype], SIGNATURES)
@@ -83,7 +93,7 @@ class _NativeSparsemax(torch.autograd.Function):
     on the CPU; the kernels are :data:`KERNELS`)."""
 
     @staticmethod
-    def forward(ctx, z: Tensor, kernels: dict[str, Callable[..., None]]) -> Tensor:
+    def forward(ctx, z: Tensor, kernels: Mapping[str, Callable[..., Any]]) -> Tensor:
         a = torch.empty_like(z)
         kernels["mhc_sparsemax_forward"](z.data_ptr(), z.shape[0], z.shape[1], a.data_ptr())
         ctx.kernels = kernels
@@ -91,9 +101,10 @@ class _NativeSparsemax(torch.autograd.Function):
         return a
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (a,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a backward that is itself differentiable
+            return _sparsemax_vjp(a, grad), None
         grad, dz = grad.contiguous(), torch.empty_like(a)
         ctx.kernels["mhc_sparsemax_backward"](a.data_ptr(), grad.data_ptr(), a.shape[0],
                                               a.shape[1], dz.data_ptr())

@@ -17,9 +17,17 @@ void NAME(mhc_sparsemax_forward)(const REAL *z, int64_t rows, int width, REAL *a
         const REAL *row = z + r * width;
         REAL *out = a + r * width;
         REAL top = -INFINITY;
-        for (int i = 0; i < width; ++i) top = row[i] > top ? row[i] : top;
-        /* The shifted finite entries, sorted decreasing (insertion sort: width is the short
-         * history window). A variable-length array: width <= a few hundred. */
+        int invalid = 0;
+        for (int i = 0; i < width; ++i) {
+            top = row[i] > top ? row[i] : top;
+            invalid |= isnan(row[i]) || (isinf(row[i]) && row[i] > 0);
+        }
+        if (invalid) {  /* NaN out, as the operators give: a diverged theta must show */
+            for (int i = 0; i < width; ++i) out[i] = NAN;
+            continue;
+        }
+        /* The shifted finite entries, sorted decreasing (insertion sort: the caller passes
+         * windows of at most 1024 states, so the array fits any thread's stack). */
         REAL sorted[width];
         int count = 0;
         for (int i = 0; i < width; ++i) {
@@ -32,10 +40,13 @@ void NAME(mhc_sparsemax_forward)(const REAL *z, int64_t rows, int width, REAL *a
             }
             sorted[at] = value;
         }
-        REAL tau = -INFINITY, partial = 0;
+        /* Prefix sums accumulated in double and rounded per prefix, as PyTorch's CPU
+         * cumsum does for float: the same tau, so the same support, on both paths. */
+        REAL tau = -INFINITY;
+        double partial = 0;
         for (int k = 1; k <= count; ++k) {
             partial += sorted[k - 1];
-            const REAL candidate = (partial - 1) / k;
+            const REAL candidate = ((REAL)partial - 1) / k;
             tau = candidate > tau ? candidate : tau;
         }
         for (int i = 0; i < width; ++i) {

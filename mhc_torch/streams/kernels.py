@@ -8,9 +8,9 @@ call each; the maths is in ``kernels.c`` and :mod:`mhc_torch.streams.coefficient
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -41,14 +41,15 @@ SIGNATURES: tuple[native.Signature, ...] = (
 )
 
 
-def _bound(dtype: torch.dtype) -> dict[str, Callable[..., int]] | None:
+def _bound(dtype: torch.dtype) -> Mapping[str, Callable[..., Any]] | None:
+    """The kernels for ``dtype``, bound once per process (None: unavailable)."""
     return native.bind(SOURCE, SUFFIXES[dtype], SIGNATURES)
 
 
 def usable(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the kernels run for coefficients of ``dtype`` on ``device``."""
     return (device.type == "cpu" and dtype in SUFFIXES and native.enabled()
-            and _bound(dtype) is not None)
+            and not torch.jit.is_tracing() and _bound(dtype) is not None)
 
 
 def _check(status: int) -> None:

@@ -87,9 +87,10 @@ def test_no_work_on_non_logging_steps(tmp_path, monkeypatch):
     assert set(spies["_host"].steps) == set(logged)
     assert spies["layer_history_frames"].steps == [5, 10]  # the two epoch ends
     # Resets: each of the 10 training batches and each of the 2 x 2 validation batches, of
-    # the buffers collected when training and each validation run start.
+    # the buffers collected at the first batch of training, of each validation run and of
+    # training after it (epochs end at steps 5 and 10).
     assert len(spies["reset"].steps) == 10 + 4
-    assert spies["history_buffers"].steps == [0, 5, 10]
+    assert spies["history_buffers"].steps == [0, 5, 5, 10]
 
 
 def test_gradient_accumulation_reads_once_per_optimizer_step(tmp_path, monkeypatch):

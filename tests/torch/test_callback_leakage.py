@@ -64,6 +64,34 @@ class LateModule(CarryingModule):
             super().build()
 
 
+class StartHookModule(CarryingModule):
+    """The same stack, created in the module's own stage-start hook (which Lightning calls
+    after the callbacks' hooks of the same name)."""
+
+    def build(self):
+        self.body = None
+
+    def _build_late(self):
+        if self.body is None:
+            super().build()
+
+    def on_train_start(self):
+        super().build()  # replaces the stack configure_optimizers needed
+
+    def on_validation_start(self):
+        self._build_late()
+
+    def on_test_start(self):
+        self._build_late()
+
+    def on_predict_start(self):
+        self._build_late()
+
+    def configure_optimizers(self):
+        self._build_late()  # the optimizer needs the parameters before on_train_start
+        return super().configure_optimizers()
+
+
 def _last_output(stage: str, loader, with_callback: bool,
                  module: type[CarryingModule] = CarryingModule) -> torch.Tensor:
     model = module()
@@ -81,7 +109,7 @@ def _a_then_b_and_b_alone():
     return a_then_b, b_alone
 
 
-@pytest.mark.parametrize("module", [CarryingModule, LateModule])
+@pytest.mark.parametrize("module", [CarryingModule, LateModule, StartHookModule])
 @pytest.mark.parametrize("stage", STAGES)
 def test_batch_outputs_do_not_depend_on_earlier_batches(stage, module):
     a_then_b, b_alone = _a_then_b_and_b_alone()

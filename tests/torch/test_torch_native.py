@@ -276,3 +276,46 @@ def test_native_sparsemax_equals_the_operators_forward_and_backward(
     torch.testing.assert_close(grad, want_grad, rtol=tolerance, atol=tolerance)
     assert (a[torch.isinf(z)] == 0).all()
     torch.testing.assert_close(a.sum(-1), torch.ones(50, dtype=dtype))
+
+
+def test_native_sparsemax_edge_rows_and_support_equal_the_operators(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mhc_torch.projection import _native, sparsemax
+
+    inf, nan = float("inf"), float("nan")
+    rows = torch.tensor([[-inf, -inf, 0.3], [-inf, 2.0, 2.0], [0.5, 0.5, 0.5], [1.0, 0.0, -1.0],
+                         [1e30, -1e30, 0.0], [nan, 1.0, 2.0], [1.0, 2.0, nan], [inf, 0.0, 1.0]],
+                        dtype=F64)
+    single = torch.tensor([[0.7], [-3.0]], dtype=F64)
+    for z in (rows, single, rows.float()):
+        assert _native(z) is not None
+        got = sparsemax(z)
+        monkeypatch.setenv("MHC_NATIVE_KERNELS", "0")
+        want = sparsemax(z)
+        monkeypatch.delenv("MHC_NATIVE_KERNELS")
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(got > 0, want > 0)
+    assert torch.isnan(sparsemax(rows)[5:]).all()  # a diverged theta shows, as on a GPU
+
+
+def test_native_sparsemax_is_skipped_where_it_cannot_run() -> None:
+    from mhc_torch.projection import MAX_NATIVE_WIDTH, _native
+
+    z = torch.randn(4, 6, dtype=F64)
+    assert _native(z) is not None
+    assert _native(z.t()) is None  # not contiguous
+    assert _native(torch.randn(3, 4, 6)) is None
+    assert _native(torch.randn(2, MAX_NATIVE_WIDTH + 1)) is None
+    assert _native(z.to(torch.bfloat16)) is None
+
+
+def test_native_sparsemax_supports_double_backward() -> None:
+    from mhc_torch.projection import sparsemax
+
+    z = torch.randn(5, 4, dtype=F64, requires_grad=True)
+    g = torch.randn(5, 4, dtype=F64, requires_grad=True)
+    (dz,) = torch.autograd.grad(sparsemax(z), z, g, create_graph=True)
+    (second,) = torch.autograd.grad(dz.square().sum(), g)
+    assert torch.isfinite(second).all() and second.abs().sum() > 0
+    assert torch.autograd.gradcheck(lambda gg: torch.autograd.grad(
+        sparsemax(z), z, gg, create_graph=True)[0], (g,))
