@@ -64,12 +64,31 @@ def test_round_robin_runs_every_variant_once_per_round_rotating() -> None:
     variants = [Variant(name, lambda n=name: calls.append(n), lambda n=name: prepared.append(n))
                 for name in "abc"]
     timings = run_interleaved(variants, warmup=2, min_rounds=4, max_rounds=4, budget_s=0.0,
-                              log=lambda line: None)
+                              log=lambda line: None, settle=0)
     rounds = [calls[6 + 3 * i: 9 + 3 * i] for i in range(4)]  # after 2 warm-up calls each
     assert calls[:6] == ["a", "a", "b", "b", "c", "c"]
     assert rounds == [list("abc"), list("bca"), list("cab"), list("abc")]
     assert prepared == calls
     assert [len(t.samples) for t in timings] == [4, 4, 4]
+
+
+def test_each_sample_times_the_call_after_a_settling_call_of_the_same_variant(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr("benchmarks.interleave.time.perf_counter", lambda: clock[0])
+    calls: list[str] = []
+
+    def step(name: str) -> None:
+        # a variant's first call of a pair costs 100, the one after it 1 (a or b) or 2 (c)
+        settled = calls[-1:] == [name] and calls[-2:-1] != [name]
+        clock[0] += (2.0 if name == "c" else 1.0) if settled else 100.0
+        calls.append(name)
+
+    variants = [Variant(name, lambda n=name: step(n)) for name in "abc"]
+    timings = run_interleaved(variants, warmup=2, min_rounds=3, max_rounds=3, budget_s=0.0,
+                              log=lambda line: None, settle=1)
+    assert calls[6:] == [*"aabbcc", *"bbccaa", *"ccaabb"]
+    assert [t.samples for t in timings] == [[1.0] * 3, [1.0] * 3, [2.0] * 3]
 
 
 def test_quantiles_match_numpy_linear() -> None:
