@@ -33,8 +33,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-std=c11")
 ELEMENT_TYPES = {"f32": "float", "f64": "double"}
+SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}  # the dtypes the kernels take
 _LOCK = threading.Lock()
 
 

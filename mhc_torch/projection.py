@@ -68,7 +68,6 @@ SIGNATURES: tuple[native.Signature, ...] = (
     ("mhc_sparsemax_backward", (ctypes.c_void_p, ctypes.c_void_p, *_ROWS_SIGNATURE,
                                 ctypes.c_void_p), None),
 )
-_SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 
 
 MAX_NATIVE_WIDTH = 1024  # states per row the kernel takes (it sorts them on the stack)
@@ -79,13 +78,13 @@ def _native(tensor: Tensor) -> Mapping[str, Callable[..., Any]] | None:
     mode (one call for all layers instead of a dozen operators per direction), else None:
     the operators then run (torch.func transforms, torch.compile and TorchScript tracing
     record them; tensor subclasses such as FakeTensor have no memory behind data_ptr)."""
-    if (tensor.device.type != "cpu" or tensor.dtype not in _SUFFIXES or tensor.ndim != 2
+    if (tensor.device.type != "cpu" or tensor.dtype not in native.SUFFIXES or tensor.ndim != 2
             or not 0 < tensor.shape[1] <= MAX_NATIVE_WIDTH or not tensor.is_contiguous()
             or type(tensor) is not Tensor or torch.compiler.is_compiling()
             or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()
             or not native.enabled()):
         return None
-    return native.bind(KERNELS, _SUFFIXES[tensor.dtype], SIGNATURES)
+    return native.bind(KERNELS, native.SUFFIXES[tensor.dtype], SIGNATURES)
 
 
 class _NativeSparsemax(torch.autograd.Function):

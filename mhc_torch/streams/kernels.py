@@ -18,7 +18,6 @@ from torch import Tensor
 from mhc_torch import native
 
 SOURCE = Path(__file__).with_name("kernels.c")
-SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 _POINTER, _INT64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
@@ -43,12 +42,12 @@ SIGNATURES: tuple[native.Signature, ...] = (
 
 def _bound(dtype: torch.dtype) -> Mapping[str, Callable[..., Any]] | None:
     """The kernels for ``dtype``, bound once per process (None: unavailable)."""
-    return native.bind(SOURCE, SUFFIXES[dtype], SIGNATURES)
+    return native.bind(SOURCE, native.SUFFIXES[dtype], SIGNATURES)
 
 
 def usable(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the kernels run for coefficients of ``dtype`` on ``device``."""
-    return (device.type == "cpu" and dtype in SUFFIXES and native.enabled()
+    return (device.type == "cpu" and dtype in native.SUFFIXES and native.enabled()
             and not torch.jit.is_tracing() and _bound(dtype) is not None)
 
 

@@ -175,6 +175,10 @@ def test_kernels_are_used_for_cpu_float_tensors_only() -> None:
     assert not kernels.usable(torch.float32, torch.device("meta"))
 
 
+def test_every_dtype_the_kernels_take_is_compiled() -> None:
+    assert sorted(native.SUFFIXES.values()) == sorted(native.ELEMENT_TYPES)
+
+
 def test_build_compiles_once_then_reuses_the_cached_library(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     commands: list[list[str]] = []
