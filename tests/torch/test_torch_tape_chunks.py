@@ -1,6 +1,7 @@
-"""The eager tape with its arena cut into chunks (as large states are) gives the same values
-and gradients as the plain-operation path, including windows that cross a chunk boundary,
-short chunks at the end and carried histories."""
+"""The eager tape with its arena cut into chunks (as large states are) or in one chunk (the
+steps' inline case) gives the same values and gradients as the plain-operation path,
+including windows that cross a chunk boundary, short chunks at the end and carried
+histories."""
 
 from __future__ import annotations
 
@@ -34,14 +35,14 @@ def run_with_history(model: MHCSequential, carried: list[torch.Tensor], x, param
     return functional_call(model, params, (x,))
 
 
-@pytest.mark.parametrize("chunk_states", [1, 5], ids=["H-rows", "5-rows"])
+@pytest.mark.parametrize("chunk_states", [1, 5, 100], ids=["H-rows", "5-rows", "one-chunk"])
 @pytest.mark.parametrize(("h", "carried", "gating"),
                          [(2, 0, False), (2, 1, True), (3, 2, False), (4, 0, True),
                           (4, 3, False)])
 def test_chunked_arena_matches_the_plain_path(monkeypatch, chunk_states: int, h: int,
                                               carried: int, gating: bool) -> None:
-    """Chunks of max(H, chunk_states) rows: every chunk boundary falls inside some window.
-    (H = 1 runs on the plain-operation path itself.)"""
+    """Chunks of max(H, chunk_states) rows: every chunk boundary falls inside some window;
+    100 rows hold the whole arena. (H = 1 runs on the plain-operation path itself.)"""
     monkeypatch.setattr(mhc_torch.tape, "CHUNK_BYTES", chunk_states * ROW_BYTES)
     assert mhc_torch.tape.chunk_rows(h, ROW_BYTES) == max(h, chunk_states)
     model = stack(h, gating)
@@ -65,3 +66,23 @@ def test_chunked_arena_matches_the_plain_path(monkeypatch, chunk_states: int, h:
     reference = [reference_x] + [reference_params[name] for name in params]
     for ours, theirs in zip(eager, reference, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_states", [1, 100], ids=["chunks", "one-chunk"])
+def test_a_retained_graph_gives_the_same_gradients_on_each_pass(monkeypatch,
+                                                                chunk_states: int) -> None:
+    monkeypatch.setattr(mhc_torch.tape, "CHUNK_BYTES", chunk_states * ROW_BYTES)
+    model = stack(3, gating=False)
+    model.carry_history = False
+    x = torch.randn(2, WIDTH, dtype=torch.float64, requires_grad=True)
+    out = model(x)
+    out.backward(torch.ones_like(out), retain_graph=True)
+    first = [x.grad.clone()] + [p.grad.clone() for p in model.parameters()]
+    x.grad = None
+    model.zero_grad(set_to_none=True)
+    out.backward(torch.ones_like(out))
+    second = [x.grad] + [p.grad for p in model.parameters()]
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the input's gradient is a tensor of its own, not a view keeping the tape's memory alive
+    assert x.grad.untyped_storage().nbytes() == x.numel() * x.element_size()
