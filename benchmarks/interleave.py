@@ -91,9 +91,10 @@ def run_interleaved(
     each timed call right after ``settle`` untimed calls of the same variant.
 
     The number of rounds is ``budget_s`` divided by one round's time (``settle + 1`` calls
-    of each variant) as the fastest warm-up calls predict it, clamped to [min_rounds, max_rounds]; if other load slows the rounds
-    down, timing stops once ``budget_s`` has passed and ``min_rounds`` are done. The garbage
-    collector runs between rounds, never inside a step.
+    of each variant) as the fastest warm-up calls predict it, clamped to [min_rounds,
+    max_rounds]; if other load slows the rounds down, timing stops once ``budget_s`` has
+    passed and ``min_rounds`` are done. The garbage collector runs between rounds, never
+    inside a step.
     """
     firsts: dict[str, float] = {}
     fastest: dict[str, float] = {}
