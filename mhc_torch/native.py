@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-std=c11")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-std=c11")
 ELEMENT_TYPES = {"f32": "float", "f64": "double"}
 SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}  # the dtypes the kernels take
 _LOCK = threading.Lock()

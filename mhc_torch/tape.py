@@ -28,17 +28,30 @@ a step node has only two tensor inputs, y_l and s_{l-1}. Pairing each state with
 (hot in cache after the pull) reads one state per layer instead of the H of its window. The
 carried states' rows of D are one ``mm`` at the entry. This is first-order only: double
 backward raises.
+
+Small states on the CPU (a one-chunk arena of float32/float64 states of at most
+:data:`MAX_NATIVE_STATE` entries, in plain eager mode) run a layer's arithmetic as one native
+call per direction (``tape_kernels.c``, built by :mod:`mhc_torch.native`): there the
+``addmv``, ``mv`` and ring ``copy_`` cost more in Python dispatch than in arithmetic, and
+cutting per-layer windows and row aliases costs more than the kernels' own index maths. The
+kernels reach the arena and C through addresses taken when the tape is built, and the
+ring, P and D through addresses taken when the backward starts; the entry's saved rows keep
+the arena alive until the pass ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from mhc_torch import native
 from mhc_torch.autograd_apply import function_applier
 from mhc_torch.highway import norm_of
 
@@ -86,6 +99,27 @@ def chunk_rows(h: int, row_bytes: int) -> int:
     return max(h, -(-CHUNK_BYTES // row_bytes))
 
 
+KERNELS = Path(__file__).with_name("tape_kernels.c")
+_POINTER, _INT, _INT64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+SIGNATURES: tuple[native.Signature, ...] = (
+    ("mhc_tape_step", (_POINTER,) * 3 + (_INT64, _INT64, _INT, _INT64), None),
+    ("mhc_tape_pull", (_POINTER,) * 6 + (_INT64, _INT64, _INT, _INT64), None),
+)
+# States up to this many entries take the native kernels: above it a layer's arithmetic,
+# not its dispatch, sets the pace, and PyTorch's threaded operators win.
+MAX_NATIVE_STATE = 1 << 16
+
+
+def _native_kernels(x: Tensor) -> Mapping[str, Callable[..., Any]] | None:
+    """The tape's native kernels for states like ``x`` (a plain CPU float tensor of at most
+    :data:`MAX_NATIVE_STATE` entries, outside tracing), else None."""
+    if (x.device.type != "cpu" or x.dtype not in native.SUFFIXES or type(x) is not Tensor
+            or x.numel() > MAX_NATIVE_STATE or torch.jit.is_tracing()
+            or not native.enabled()):
+        return None
+    return native.bind(KERNELS, native.SUFFIXES[x.dtype], SIGNATURES)
+
+
 class _Tape:
     """What the nodes of one forward share: the arena and its per-layer cuts while it is
     filled (forward only), the coefficient rows, and the gradient ring and D (backward
@@ -104,15 +138,7 @@ class _Tape:
         for index, state in enumerate(carried):  # prefix < H <= size: all in chunk 0
             chunks[0][index].copy_(state.reshape(-1))
         self.chunks: list[Tensor] = chunks
-        # ``.data`` gives every alias a version counter of its own (a view would share its
-        # chunk's): the states handed to blocks, and the flat rows the steps write.
-        flat = [row.data for chunk in chunks for row in chunk.unbind(0)]
-        self.states = [row.data for chunk in chunks
-                       for row in chunk.view(chunk.shape[0], *x.shape).unbind(0)][prefix:]
-        self.targets = flat[prefix:]
-        self.all_rows = flat
         self.coefficients = coefficients.detach().to(x.dtype)
-        self._cut_windows(chunks, size, self.coefficients.unbind(0))
         self.coefficient_grads = coefficients.requires_grad
         self.skip_grads = skip_grads
         self.norms = norms
@@ -122,6 +148,25 @@ class _Tape:
         # no highway capture, no autocast
         self.plain = (len(chunks) == 1 and skip_grads and self.coefficient_grads
                       and norms is None and not self.autocast)
+        self.kernels = _native_kernels(x) if self.plain else None
+        # ``.data`` gives every alias a version counter of its own (a view would share its
+        # chunk's): the states handed to blocks, and the flat rows the steps write (the
+        # native steps write through pointers, which bump no counter, so plain views do).
+        self.states = [row.data for chunk in chunks
+                       for row in chunk.view(chunk.shape[0], *x.shape).unbind(0)][prefix:]
+        if self.kernels is None:
+            flat = [row.data for chunk in chunks for row in chunk.unbind(0)]
+            self.targets, self.all_rows = flat[prefix:], flat
+            self._cut_windows(chunks, size, self.coefficients.unbind(0))
+        else:
+            # the native steps write through pointers (no version counter moves): the input's
+            # row and the rows of the tail are plain views
+            self.targets, self.all_rows = [chunks[0][prefix]], chunks[0]
+            self.native_step = self.kernels["mhc_tape_step"]
+            self.native_pull = self.kernels["mhc_tape_pull"]
+            self.coefficients = self.coefficients.contiguous()
+            self.arena_pointer = chunks[0].data_ptr()
+            self.coefficient_pointer = self.coefficients.data_ptr()
         self.started = False  # whether the current backward pass has its ring and D
         self.ring: Tensor | None = None
         self.ring_t: Tensor | None = None
@@ -129,6 +174,7 @@ class _Tape:
         self.pull_rows: tuple[Tensor, ...] = ()
         self.pairs: Tensor | None = None  # D, a row per arena row
         self.pair_rows: tuple[Tensor, ...] = ()
+        self.pull_matrix: Tensor | None = None  # P (native kernels)
 
     def _cut_windows(self, chunks: list[Tensor], size: int, rows: Sequence[Tensor]) -> None:
         """windows[l-1] (N, K) and vectors[l-1] (K,): layer l's window s_{l-K}..s_{l-1} and
@@ -187,10 +233,14 @@ class _Tape:
             self.ring = g.new_zeros((self.h, g.numel()))
             self.ring_t, self.ring_rows = self.ring.t(), self.ring.unbind(0)
         if self.skip_grads:
-            self.pull_rows = _pull_matrix(self.coefficients).unbind(0)
+            self.pull_matrix = _pull_matrix(self.coefficients)
+            self.pull_rows = self.pull_matrix.unbind(0)
         if self.coefficient_grads:
             self.pairs = g.new_zeros((self.prefix + self.depth + 1, self.h))
             self.pair_rows = self.pairs.unbind(0)
+        if self.kernels is not None:
+            self.gradient_pointers = (self.ring.data_ptr(), self.pull_matrix.data_ptr(),
+                                      self.pairs.data_ptr())
 
     def pull(self, t: int, grad: Tensor, saved: tuple[Tensor, ...]) -> Tensor | None:
         """ds_t (flat, 1 <= t <= L) from the engine's g_t plus the skip gradients of layers
@@ -294,6 +344,14 @@ class _Step(torch.autograd.Function):
         flat_y = y.reshape(-1)
         if flat_y.dtype != tape.dtype:
             flat_y = flat_y.to(tape.dtype)
+        if tape.kernels is not None:  # the entry's saved rows keep the arena
+            if not flat_y.is_contiguous():
+                flat_y = flat_y.contiguous()
+            tape.native_step(flat_y.data_ptr(), tape.arena_pointer, tape.coefficient_pointer,
+                             layer, tape.prefix, tape.h, flat_y.numel())
+            ctx.tape = tape
+            ctx.layer = layer
+            return tape.states[layer]
         target = tape.targets[layer]
         if tape.plain:  # the common case inline: a Python call here costs like the addmv
             torch.addmv(flat_y, tape.windows[layer - 1], tape.vectors[layer - 1], out=target)
@@ -314,16 +372,25 @@ class _Step(torch.autograd.Function):
             _refuse_double_backward()
         tape = ctx.tape
         layer = ctx.layer
-        if tape.plain and tape.started and layer != tape.depth:
-            # tape.pull inline for the common case (skip paths, coefficient gradients, no
-            # highway capture, no autocast)
-            ds = torch.addmv(grad.reshape(-1), tape.ring_t, tape.pull_rows[layer])
-            torch.mv(tape.ring, ctx.saved_tensors[0], out=tape.pair_rows[tape.prefix + layer])
-            tape.ring_rows[layer % tape.h].copy_(ds)
-            # view_as: a torch.Size argument costs more to parse than the whole view
-            return ds.view_as(grad), None, None, None
         if layer == tape.depth or not tape.started:
             tape.start_backward(grad)
+        if layer != tape.depth:
+            if tape.kernels is not None:
+                # ds_t, D[t] and the ring in one native call
+                g = grad if grad.is_contiguous() else grad.contiguous()
+                ds = torch.empty_like(g)
+                tape.native_pull(g.data_ptr(), ds.data_ptr(), *tape.gradient_pointers,
+                                 tape.arena_pointer, layer, tape.prefix, tape.h, g.numel())
+                return ds, None, None, None
+            if tape.plain:
+                # tape.pull inline for the common case (skip paths, coefficient gradients,
+                # no highway capture, no autocast)
+                ds = torch.addmv(grad.reshape(-1), tape.ring_t, tape.pull_rows[layer])
+                torch.mv(tape.ring, ctx.saved_tensors[0],
+                         out=tape.pair_rows[tape.prefix + layer])
+                tape.ring_rows[layer % tape.h].copy_(ds)
+                # view_as: a torch.Size argument costs more to parse than the whole view
+                return ds.view_as(grad), None, None, None
         if tape.autocast:
             with torch.autocast(tape.device_type, enabled=False):
                 ds = tape.pull(layer, grad, ctx.saved_tensors)

@@ -6,8 +6,9 @@ import pytest
 
 
 @pytest.fixture(params=["native", "pytorch"])
-def coefficient_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Runs a test twice: the dynamic coefficients on the native CPU kernels, and on the
-    PyTorch operations (the path GPUs and machines without a C compiler take)."""
+def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test twice: on the native CPU kernels (the stream coefficients, sparsemax, the
+    tape's steps), and on the PyTorch operations (the path GPUs and machines without a C
+    compiler take)."""
     monkeypatch.setenv("MHC_NATIVE_KERNELS", "1" if request.param == "native" else "0")
     return request.param

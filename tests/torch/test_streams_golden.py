@@ -28,7 +28,7 @@ TOLERANCES = {"float64": (1e-10, 1e-12), "float32": (1e-5, 1e-6)}
 PARAMETER_NAMES = {"streams.reduce_logits": "readout.reduce_logits"}
 
 # Both coefficient paths: the native CPU kernels and the PyTorch operations.
-pytestmark = pytest.mark.usefixtures("coefficient_path")
+pytestmark = pytest.mark.usefixtures("kernel_path")
 
 
 def assert_matches(got, want, case: StreamCase, what: str) -> None:

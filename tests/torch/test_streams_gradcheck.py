@@ -13,7 +13,7 @@ from torch import nn
 from mhc_torch import StreamLayer, StreamSequential
 
 # Both coefficient paths: the native CPU kernels and the PyTorch operations.
-pytestmark = pytest.mark.usefixtures("coefficient_path")
+pytestmark = pytest.mark.usefixtures("kernel_path")
 
 
 def randomise(module: nn.Module, seed: int) -> None:

@@ -39,10 +39,11 @@ def run_with_history(model: MHCSequential, carried: list[torch.Tensor], x, param
 @pytest.mark.parametrize(("h", "carried", "gating"),
                          [(2, 0, False), (2, 1, True), (3, 2, False), (4, 0, True),
                           (4, 3, False)])
-def test_chunked_arena_matches_the_plain_path(monkeypatch, chunk_states: int, h: int,
-                                              carried: int, gating: bool) -> None:
+def test_chunked_arena_matches_the_plain_path(monkeypatch, kernel_path: str, chunk_states: int,
+                                              h: int, carried: int, gating: bool) -> None:
     """Chunks of max(H, chunk_states) rows: every chunk boundary falls inside some window;
-    100 rows hold the whole arena. (H = 1 runs on the plain-operation path itself.)"""
+    100 rows hold the whole arena, whose steps run natively unless switched off. (H = 1 runs
+    on the plain-operation path itself.)"""
     monkeypatch.setattr(mhc_torch.tape, "CHUNK_BYTES", chunk_states * ROW_BYTES)
     assert mhc_torch.tape.chunk_rows(h, ROW_BYTES) == max(h, chunk_states)
     model = stack(h, gating)
@@ -54,6 +55,8 @@ def test_chunked_arena_matches_the_plain_path(monkeypatch, chunk_states: int, h:
 
     out = run_with_history(model, history, x, params)  # eager: the tape
     assert out.grad_fn is not None and "Step" in type(out.grad_fn).__name__
+    native = out.grad_fn.tape.kernels is not None
+    assert native == (kernel_path == "native" and chunk_states == 100)
     tail = model.history.states
     out.backward(g)
     eager = [x.grad] + [params[name].grad for name in params]
