@@ -83,8 +83,8 @@ def test_carried_history_counts_give_the_spec_weights_of_k_states(x64, config) -
 
 
 def test_sparsemax_gradient_uses_the_spec_support_convention(x64) -> None:
-    """optax's projection_simplex JVP takes the support {a > 0}, like sparsemax_vjp: at a
-    kink the zero entry gets no gradient; inside the support the mean is removed."""
+    """The projection's JVP takes the support {a > 0}, like sparsemax_vjp: at a kink the
+    zero entry gets no gradient; inside the support the mean is removed."""
     rng = np.random.default_rng(0)
     g = rng.standard_normal(TIES.shape)
     a, dz = fast_jit(lambda z, g: (sparsemax(z), jax.vjp(sparsemax, z)[1](g)[0]))(
@@ -130,6 +130,23 @@ def test_masked_logits_get_exactly_zero_gradient_and_no_nan(constraint: str) -> 
     grad = np.asarray(fast_jit(jax.grad(loss))(theta))
     assert np.all(np.isfinite(grad))
     assert np.all(grad[~np.asarray(mask)] == 0.0)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 8, 16, 33, 64])
+def test_rows_of_every_width_equal_the_spec_with_ties(x64, width: int) -> None:
+    """The spec's sparsemax and its gradient, on rows of a few levels (ties everywhere, at
+    and inside the support boundary) and on continuous rows."""
+    rng = np.random.default_rng(width)
+    levels = rng.integers(-4, 5, size=(30, width)) * 0.25
+    rows = np.concatenate([levels, rng.standard_normal((30, width)) * 2.0])
+    g = rng.standard_normal(rows.shape)
+    a, dz = fast_jit(lambda z, g: (sparsemax(z), jax.vjp(sparsemax, z)[1](g)[0]))(
+        jnp.asarray(rows), jnp.asarray(g))
+    for row in range(len(rows)):
+        expected = spec_sparsemax(rows[row])
+        np.testing.assert_allclose(np.asarray(a)[row], expected, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(np.asarray(dz)[row], sparsemax_vjp(expected, g[row]),
+                                   rtol=1e-10, atol=1e-13)
 
 
 def test_sparsemax_gives_exact_zeros_and_handles_huge_logits() -> None:
