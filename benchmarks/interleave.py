@@ -1,15 +1,17 @@
 """Round-robin timing: every variant runs once per round, so drift and noise from other
 processes spread evenly over all variants instead of biasing whichever ran last.
 
-Each timed call follows an untimed call of the same variant (``settle``): a variant's step
-costs more right after another variant's than after its own (measured here: the stack
-timed right after the residual stack paid ~0.3 ms of a 4 ms step at 64x64, whichever it
-was, since the allocator and caches hold the previous model's state). A training loop runs
-one model step after step, so the sample is the step that follows its own."""
+Each timed call follows untimed calls of the same variant (at least ``settle`` calls and
+``settle_s`` seconds): a variant's step costs more for a few milliseconds after another
+variant's than after its own (measured here: whichever stack was timed right after the
+residual stack paid ~0.3 ms of a 4 ms torch step at 64x64; in JAX, one settling call of
+2 ms still left 0.25 ms of a 2.2 ms step, three left none). A training loop runs one model
+step after step, so the sample is the step that follows its own."""
 
 from __future__ import annotations
 
 import gc
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -59,11 +61,13 @@ class Timing:
         }
 
 
-def _timed(variant: Variant, settle: int = 0) -> float:
-    for _ in range(settle):
+def _timed(variant: Variant, settle: int = 0, settle_s: float = 0.0) -> float:
+    calls, start = 0, time.perf_counter()
+    while calls < settle or (calls and time.perf_counter() - start < settle_s):
         if variant.prepare is not None:
             variant.prepare()
         variant.step()
+        calls += 1
     if variant.prepare is not None:
         variant.prepare()
     start = time.perf_counter()
@@ -86,12 +90,14 @@ def run_interleaved(
     budget_s: float = 60.0,
     log: Callable[[str], object] = print,
     settle: int = 1,
+    settle_s: float = 0.01,
 ) -> list[Timing]:
     """Warm every variant up, then time them round-robin (rotating the order each round),
-    each timed call right after ``settle`` untimed calls of the same variant.
+    each timed call right after untimed calls of the same variant: ``settle`` of them and
+    more until ``settle_s`` seconds have passed (none more when ``settle`` is 0).
 
-    The number of rounds is ``budget_s`` divided by one round's time (``settle + 1`` calls
-    of each variant) as the fastest warm-up calls predict it, clamped to [min_rounds,
+    The number of rounds is ``budget_s`` divided by one round's time (the settling and timed
+    calls of each variant) as the fastest warm-up calls predict it, clamped to [min_rounds,
     max_rounds]; if other load slows the rounds down, timing stops once ``budget_s`` has
     passed and ``min_rounds`` are done. The garbage collector runs between rounds, never
     inside a step.
@@ -104,8 +110,10 @@ def run_interleaved(
         fastest[variant.name] = min(warm)
         log(f"  warm {variant.name}: first {firsts[variant.name]:.3f}s, "
             f"then {', '.join(f'{t * 1e3:.2f}' for t in warm)} ms")
-    rounds = plan_rounds((settle + 1) * sum(fastest.values()), budget_s, min_rounds,
-                         max_rounds)
+    round_s = sum(
+        (1 + max(settle, math.ceil(settle_s / t) if settle and t > 0 else settle)) * t
+        for t in fastest.values())
+    rounds = plan_rounds(round_s, budget_s, min_rounds, max_rounds)
     samples: dict[str, list[float]] = {variant.name: [] for variant in variants}
     enabled = gc.isenabled()
     gc.disable()
@@ -116,7 +124,7 @@ def run_interleaved(
                 break
             shift = index % len(variants)
             for variant in [*variants[shift:], *variants[:shift]]:
-                samples[variant.name].append(_timed(variant, settle))
+                samples[variant.name].append(_timed(variant, settle, settle_s))
             gc.collect()
     finally:
         if enabled:

@@ -28,21 +28,33 @@ QUICK_VARIANTS = ("residual scan", f"mhc/simplex H{HISTORY} scan",
 
 
 def timed_variant(name: str, width: int, batch: int) -> Variant:
+    """A variant timing one step from the initial parameters: each call starts from a fresh
+    copy of them (made untimed), so every step computes the same thing on finite values
+    (SGD on the linear loss sum(out * g) diverges within a few hundred steps, and inf/NaN
+    arithmetic would be timed instead)."""
     import jax
+    import jax.numpy as jnp
 
     from benchmarks.jax_stacks import variant
 
-    step, params = variant(name, width, DEPTH)
+    step, initial = variant(name, width, DEPTH)
     keys = jax.random.split(jax.random.key(1))
     x = jax.random.normal(keys[0], (batch, width))
     g = jax.random.normal(keys[1], (batch, width)) / (batch * width) ** 0.5
-    state: dict[str, Any] = {"params": params}
+    state: dict[str, Any] = {}
+
+    def prepare() -> None:
+        state["params"] = jax.block_until_ready(jax.tree.map(jnp.copy, initial))
 
     def run() -> None:
-        state["params"] = step(state["params"], x, g)
-        jax.block_until_ready(state["params"])
+        state["params"] = jax.block_until_ready(step(state["params"], x, g))
 
-    return Variant(name, run)
+    prepare()
+    run()
+    if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(state["params"])):
+        raise RuntimeError(f"{name}: a step gives non-finite parameters; the timings would be "
+                           "void")
+    return Variant(name, run, prepare)
 
 
 def run(quick: bool) -> dict[str, object]:

@@ -86,9 +86,25 @@ def test_each_sample_times_the_call_after_a_settling_call_of_the_same_variant(
 
     variants = [Variant(name, lambda n=name: step(n)) for name in "abc"]
     timings = run_interleaved(variants, warmup=2, min_rounds=3, max_rounds=3, budget_s=0.0,
-                              log=lambda line: None, settle=1)
+                              log=lambda line: None, settle=1, settle_s=0.0)
     assert calls[6:] == [*"aabbcc", *"bbccaa", *"ccaabb"]
     assert [t.samples for t in timings] == [[1.0] * 3, [1.0] * 3, [2.0] * 3]
+
+
+def test_settling_lasts_settle_s_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr("benchmarks.interleave.time.perf_counter", lambda: clock[0])
+    calls: list[str] = []
+
+    def step(name: str) -> None:
+        clock[0] += 100.0
+        calls.append(name)
+
+    variants = [Variant(name, lambda n=name: step(n)) for name in "ab"]
+    run_interleaved(variants, warmup=1, min_rounds=2, max_rounds=2, budget_s=0.0,
+                    log=lambda line: None, settle=1, settle_s=250.0)
+    # after the warm-up calls (2 each), three settling calls (300 >= 250) and the timed one
+    assert calls[4:] == [*"aaaabbbb", *"bbbbaaaa"]
 
 
 def test_quantiles_match_numpy_linear() -> None:
