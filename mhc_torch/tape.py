@@ -34,9 +34,9 @@ Small states on the CPU (a one-chunk arena of float32/float64 states of at most
 call per direction (``tape_kernels.c``, built by :mod:`mhc_torch.native`): there the
 ``addmv``, ``mv`` and ring ``copy_`` cost more in Python dispatch than in arithmetic, and
 cutting per-layer windows and row aliases costs more than the kernels' own index maths. The
-kernels reach the arena and C through addresses taken when the tape is built, and the
-ring, P and D through addresses taken when the backward starts; the entry's saved rows keep
-the arena alive until the pass ends.
+kernels reach the arena and C through addresses taken when the tape is built (the tape
+keeps both alive with its graph), and the ring, P and D through addresses taken when the
+backward starts.
 """
 
 from __future__ import annotations
@@ -166,7 +166,8 @@ class _Tape:
             self.native_step = self.kernels["mhc_tape_step"]
             self.native_pull = self.kernels["mhc_tape_pull"]
             self.coefficients = self.coefficients.contiguous()
-            self.arena_pointer = chunks[0].data_ptr()
+            self.arena = chunks[0]
+            self.arena_pointer = self.arena.data_ptr()
             self.coefficient_pointer = self.coefficients.data_ptr()
         self.started = False  # whether the current backward pass has its ring and D
         self.ring: Tensor | None = None
@@ -221,7 +222,9 @@ class _Tape:
     def release(self) -> None:
         """Drop the tape's own references to the arena: from here on only saved tensors hold
         it (so an outer activation checkpoint can free it, and the backward frees each chunk
-        once it has passed it)."""
+        once it has passed it). With the native kernels, which read it through its address,
+        the tape keeps its one chunk (``arena``, at most ``CHUNK_BYTES``) for as long as its
+        graph lives, an outer checkpoint included."""
         self.chunks = self.states = self.targets = self.all_rows = []
         self.windows = self.vectors = []
         self.splits = []
@@ -345,7 +348,7 @@ class _Step(torch.autograd.Function):
         flat_y = y.reshape(-1)
         if flat_y.dtype != tape.dtype:
             flat_y = flat_y.to(tape.dtype)
-        if tape.kernels is not None:  # the entry's saved rows keep the arena
+        if tape.kernels is not None:  # the tape keeps the arena
             if not flat_y.is_contiguous():
                 flat_y = flat_y.contiguous()
             tape.native_step(flat_y.data_ptr(), tape.arena_pointer, tape.coefficient_pointer,
@@ -373,7 +376,12 @@ class _Step(torch.autograd.Function):
             _refuse_double_backward()
         tape = ctx.tape
         layer = ctx.layer
-        if layer == tape.depth or not tape.started:
+        first = layer == tape.depth or not tape.started
+        if first:
+            # A pass's first node unpacks (even nothing, and once: an outer checkpoint
+            # refuses a second unpack): after a pass without retain_graph that raises
+            # autograd's error before any native step runs on the freed graph.
+            saved = ctx.saved_tensors
             tape.start_backward(grad)
         if layer != tape.depth:
             if tape.kernels is not None:
@@ -387,16 +395,18 @@ class _Step(torch.autograd.Function):
                 # tape.pull inline for the common case (skip paths, coefficient gradients,
                 # no highway capture, no autocast)
                 ds = torch.addmv(grad.reshape(-1), tape.ring_t, tape.pull_rows[layer])
-                torch.mv(tape.ring, ctx.saved_tensors[0],
+                torch.mv(tape.ring, (saved if first else ctx.saved_tensors)[0],
                          out=tape.pair_rows[tape.prefix + layer])
                 tape.ring_rows[layer % tape.h].copy_(ds)
                 # view_as: a torch.Size argument costs more to parse than the whole view
                 return ds.view_as(grad), None, None, None
+        if not first:
+            saved = ctx.saved_tensors
         if tape.autocast:
             with torch.autocast(tape.device_type, enabled=False):
-                ds = tape.pull(layer, grad, ctx.saved_tensors)
+                ds = tape.pull(layer, grad, saved)
         else:
-            ds = tape.pull(layer, grad, ctx.saved_tensors)
+            ds = tape.pull(layer, grad, saved)
         return (grad if ds is None else ds.view_as(grad)), None, None, None
 
 

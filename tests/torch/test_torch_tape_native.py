@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 import mhc_torch.tape
 from mhc_torch import MHCSequential
@@ -105,6 +106,50 @@ def test_native_steps_with_strided_one_dimensional_outputs(monkeypatch) -> None:
     with torch.no_grad():
         model.theta.copy_(torch.randn_like(model.theta))
     compare(model, torch.randn(7, dtype=torch.float64), monkeypatch, 1e-12)
+
+
+class Halving(nn.Module):
+    """y = x / 2: a block that saves nothing for backward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0.5
+
+
+@pytest.mark.usefixtures("kernel_path")
+def test_a_second_backward_without_retain_graph_raises_before_reading_the_arena() -> None:
+    model = MHCSequential([Halving() for _ in range(6)], max_history=3, mode="hc")
+    out = model(torch.randn(4, 5, requires_grad=True))
+    out.sum().backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        out.sum().backward()
+
+
+@pytest.mark.usefixtures("kernel_path")
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_an_outer_activation_checkpoint_gives_the_same_gradients(reentrant: bool) -> None:
+    """The arena may be freed after the forward and recomputed for backward: the steps'
+    gradients stay those of the plain run (the native steps read the tape's own arena)."""
+    torch.manual_seed(3)
+    model = MHCSequential([nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(6)],
+                          max_history=3, mode="hc").double()
+    with torch.no_grad():
+        model.theta.copy_(torch.randn_like(model.theta))
+    x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(4, 8, dtype=torch.float64)
+    grads = []
+    for wrapped in (False, True):
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+        # the loss keeps no reference to the output, which aliases the arena
+        loss = ((checkpoint(model, x, use_reentrant=reentrant) if wrapped else model(x))
+                * g).sum()
+        # NaN in blocks of the arena's size (7 states of 32), where a freed one would go
+        scratch = [torch.full((7 * 32,), torch.nan, dtype=torch.float64) for _ in range(64)]
+        loss.backward()
+        del scratch
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in model.parameters()])
+    for plain, checkpointed in zip(*grads, strict=True):
+        torch.testing.assert_close(checkpointed, plain, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(("shape", "dtype"), [
