@@ -151,8 +151,7 @@ class _Tape:
                       and norms is None and not self.autocast)
         self.kernels = _native_kernels(x) if self.plain else None
         # ``.data`` gives every alias a version counter of its own (a view would share its
-        # chunk's): the states handed to blocks, and the flat rows the steps write (the
-        # native steps write through pointers, which bump no counter, so plain views do).
+        # chunk's): the states handed to blocks, and the flat rows the steps write.
         self.states = [row.data for chunk in chunks
                        for row in chunk.view(chunk.shape[0], *x.shape).unbind(0)][prefix:]
         if self.kernels is None:
@@ -176,7 +175,7 @@ class _Tape:
         self.pull_rows: tuple[Tensor, ...] = ()
         self.pairs: Tensor | None = None  # D, a row per arena row
         self.pair_rows: tuple[Tensor, ...] = ()
-        self.pull_matrix: Tensor | None = None  # P (native kernels)
+        self.pull_matrix: Tensor | None = None  # P
 
     def _cut_windows(self, chunks: list[Tensor], size: int, rows: Sequence[Tensor]) -> None:
         """windows[l-1] (N, K) and vectors[l-1] (K,): layer l's window s_{l-K}..s_{l-1} and
