@@ -75,6 +75,14 @@ def _timed(variant: Variant, settle: int = 0, settle_s: float = 0.0) -> float:
     return time.perf_counter() - start
 
 
+def settling_calls(call_s: float, settle: int, settle_s: float) -> int:
+    """How many untimed calls of ``call_s`` seconds precede each timed one: ``settle``, and
+    more until they last ``settle_s`` (none when ``settle`` is 0)."""
+    if settle == 0 or call_s <= 0:
+        return settle
+    return max(settle, math.ceil(settle_s / call_s))
+
+
 def plan_rounds(round_s: float, budget_s: float, min_rounds: int, max_rounds: int) -> int:
     """Rounds that fit in ``budget_s`` given one round's time, clamped to [min, max]."""
     if round_s <= 0:
@@ -110,9 +118,7 @@ def run_interleaved(
         fastest[variant.name] = min(warm)
         log(f"  warm {variant.name}: first {firsts[variant.name]:.3f}s, "
             f"then {', '.join(f'{t * 1e3:.2f}' for t in warm)} ms")
-    round_s = sum(
-        (1 + max(settle, math.ceil(settle_s / t) if settle and t > 0 else settle)) * t
-        for t in fastest.values())
+    round_s = sum((1 + settling_calls(t, settle, settle_s)) * t for t in fastest.values())
     rounds = plan_rounds(round_s, budget_s, min_rounds, max_rounds)
     samples: dict[str, list[float]] = {variant.name: [] for variant in variants}
     enabled = gc.isenabled()

@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.interleave import Timing, Variant, plan_rounds, run_interleaved
+from benchmarks.interleave import (
+    Timing,
+    Variant,
+    plan_rounds,
+    run_interleaved,
+    settling_calls,
+)
 from benchmarks.lightning_overhead import (
     HookClock,
     StepStamps,
@@ -89,6 +95,13 @@ def test_each_sample_times_the_call_after_a_settling_call_of_the_same_variant(
                               log=lambda line: None, settle=1, settle_s=0.0)
     assert calls[6:] == [*"aabbcc", *"bbccaa", *"ccaabb"]
     assert [t.samples for t in timings] == [[1.0] * 3, [1.0] * 3, [2.0] * 3]
+
+
+def test_settling_calls_cover_settle_s() -> None:
+    assert settling_calls(0.002, 1, 0.01) == 5
+    assert settling_calls(0.5, 1, 0.01) == 1
+    assert settling_calls(0.002, 0, 0.01) == 0
+    assert settling_calls(0.003, 2, 0.01) == 4
 
 
 def test_settling_lasts_settle_s_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
