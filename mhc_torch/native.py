@@ -162,3 +162,15 @@ def bind(source: Path, suffix: str, signatures: tuple[Signature, ...]
         function.argtypes, function.restype = list(argtypes), restype
         functions[name] = function
     return functions
+
+
+def kernels_for(source: Path, signatures: tuple[Signature, ...], dtype: torch.dtype,
+                device: torch.device) -> Mapping[str, Callable[..., Any]] | None:
+    """:func:`bind` for tensors of ``dtype`` on ``device`` where native kernels may run: on
+    the CPU, for a dtype of :data:`SUFFIXES`, when :func:`enabled`, outside TorchScript
+    tracing (which would not record the call); else None. Callers add their own shape and
+    mode conditions."""
+    if (device.type != "cpu" or dtype not in SUFFIXES or not enabled()
+            or torch.jit.is_tracing()):
+        return None
+    return bind(source, SUFFIXES[dtype], signatures)

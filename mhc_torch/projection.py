@@ -78,13 +78,11 @@ def _native(tensor: Tensor) -> Mapping[str, Callable[..., Any]] | None:
     mode (one call for all layers instead of a dozen operators per direction), else None:
     the operators then run (torch.func transforms, torch.compile and TorchScript tracing
     record them; tensor subclasses such as FakeTensor have no memory behind data_ptr)."""
-    if (tensor.device.type != "cpu" or tensor.dtype not in native.SUFFIXES or tensor.ndim != 2
-            or not 0 < tensor.shape[1] <= MAX_NATIVE_WIDTH or not tensor.is_contiguous()
-            or type(tensor) is not Tensor or torch.compiler.is_compiling()
-            or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()
-            or not native.enabled()):
+    if (tensor.ndim != 2 or not 0 < tensor.shape[1] <= MAX_NATIVE_WIDTH
+            or not tensor.is_contiguous() or type(tensor) is not Tensor
+            or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()):
         return None
-    return native.bind(KERNELS, native.SUFFIXES[tensor.dtype], SIGNATURES)
+    return native.kernels_for(KERNELS, SIGNATURES, tensor.dtype, tensor.device)
 
 
 class _NativeSparsemax(torch.autograd.Function):

@@ -114,11 +114,9 @@ MAX_NATIVE_STATE = 1 << 14
 def _native_kernels(x: Tensor) -> Mapping[str, Callable[..., Any]] | None:
     """The tape's native kernels for states like ``x`` (a plain CPU float tensor of at most
     :data:`MAX_NATIVE_STATE` entries, outside tracing), else None."""
-    if (x.device.type != "cpu" or x.dtype not in native.SUFFIXES or type(x) is not Tensor
-            or x.numel() > MAX_NATIVE_STATE or torch.jit.is_tracing()
-            or not native.enabled()):
+    if type(x) is not Tensor or x.numel() > MAX_NATIVE_STATE:
         return None
-    return native.bind(KERNELS, native.SUFFIXES[x.dtype], SIGNATURES)
+    return native.kernels_for(KERNELS, SIGNATURES, x.dtype, x.device)
 
 
 class _Tape:

@@ -47,8 +47,7 @@ def _bound(dtype: torch.dtype) -> Mapping[str, Callable[..., Any]] | None:
 
 def usable(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the kernels run for coefficients of ``dtype`` on ``device``."""
-    return (device.type == "cpu" and dtype in native.SUFFIXES and native.enabled()
-            and not torch.jit.is_tracing() and _bound(dtype) is not None)
+    return native.kernels_for(SOURCE, SIGNATURES, dtype, device) is not None
 
 
 def _check(status: int) -> None:
