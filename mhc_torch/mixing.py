@@ -14,9 +14,18 @@ import torch
 from torch import Tensor
 
 
-def mix_into(y: Tensor, window: Sequence[Tensor], coefficients: Sequence[Tensor]) -> Tensor:
-    """s = y + sum_j c_j * W_j (window oldest first; ``coefficients`` 0-d tensors, same length)."""
+def mix_into(y: Tensor, window: Sequence[Tensor], coefficients: Tensor | Sequence[Tensor]
+             ) -> Tensor:
+    """s = y + sum_j c_j * W_j (window oldest first; ``coefficients`` a (K,) tensor or K 0-d
+    tensors, K = len(window)).
+
+    Each c_j is read by indexing: under ``torch.compile`` a select's gradient lands straight
+    in inductor's dC reduction, where ``unbind``'s is a stack per layer (measured at 64x64,
+    H = 4: 1.13x against 1.36x the compiled residual stack)."""
+    if len(coefficients) != len(window):
+        raise ValueError(f"mix_into: {len(coefficients)} coefficients for a window of "
+                         f"{len(window)} states")
     out = y
-    for state, coefficient in zip(window, coefficients, strict=True):
-        out = torch.addcmul(out, state, coefficient)
+    for j, state in enumerate(window):
+        out = torch.addcmul(out, state, coefficients[j])
     return out

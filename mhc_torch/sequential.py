@@ -256,7 +256,11 @@ class MHCSequential(nn.Module):
         ``refuse_in_place``: raise like the tape when a block modifies its input in place
         (eager training, where the version counter is cheap to read)."""
         h = self.config.max_history
-        scalars = coefficients.reshape(-1).unbind(0)
+        # Compiled: a (K,) slice per layer (see mix_into); eager: one unbind for all layers
+        # costs less dispatch than K selects per layer.
+        scalars = coefficients.reshape(-1)
+        if not torch.compiler.is_compiling():
+            scalars = scalars.unbind(0)
         states = [*carried, self._hooked(x, norms, 0)]
         for layer, block in enumerate(self.layers, 1):
             version = states[-1]._version if refuse_in_place else 0

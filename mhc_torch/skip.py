@@ -87,6 +87,6 @@ class MHCSkip(nn.Module):
         if self.detach_history:
             window = tuple(state.detach() for state in window)
         row = self._coefficients(k, y.device)
-        state = mix_into(y, window, row[h - k:].unbind(0))
+        state = mix_into(y, window, row[h - k:])
         history.push(state)
         return state
