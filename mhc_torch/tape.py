@@ -129,7 +129,7 @@ class _Tape:
         depth, h = coefficients.shape
         prefix = len(carried)
         n = x.numel()
-        self.depth, self.h, self.prefix, self.shape = depth, h, prefix, x.shape
+        self.depth, self.h, self.prefix, self.shape, self.n = depth, h, prefix, x.shape, n
         self.dtype = x.dtype
         rows = prefix + depth + 1
         size = chunk_rows(h, n * x.element_size())
@@ -342,17 +342,18 @@ class _Step(torch.autograd.Function):
     def forward(ctx, y: Tensor, previous: Tensor, tape: _Tape, layer: int) -> Tensor:
         if previous._version:
             refuse_in_place_change(layer)
-        flat_y = y.reshape(-1)
-        if flat_y.dtype != tape.dtype:
-            flat_y = flat_y.to(tape.dtype)
         if tape.kernels is not None:  # the tape keeps the arena
-            if not flat_y.is_contiguous():
-                flat_y = flat_y.contiguous()
-            tape.native_step(flat_y.data_ptr(), tape.arena_pointer, tape.coefficient_pointer,
-                             layer, tape.prefix, tape.h, flat_y.numel())
+            # the kernel reads y's memory as it lies: no flat view to dispatch
+            if y.dtype != tape.dtype or not y.is_contiguous():
+                y = y.to(tape.dtype).contiguous()
+            tape.native_step(y.data_ptr(), tape.arena_pointer, tape.coefficient_pointer,
+                             layer, tape.prefix, tape.h, tape.n)
             ctx.tape = tape
             ctx.layer = layer
             return tape.states[layer]
+        flat_y = y.reshape(-1)
+        if flat_y.dtype != tape.dtype:
+            flat_y = flat_y.to(tape.dtype)
         target = tape.targets[layer]
         if tape.plain:  # the common case inline: a Python call here costs like the addmv
             torch.addmv(flat_y, tape.windows[layer - 1], tape.vectors[layer - 1], out=target)
@@ -386,7 +387,7 @@ class _Step(torch.autograd.Function):
                 g = grad if grad.is_contiguous() else grad.contiguous()
                 ds = torch.empty_like(g)
                 tape.native_pull(g.data_ptr(), ds.data_ptr(), *tape.gradient_pointers,
-                                 tape.arena_pointer, layer, tape.prefix, tape.h, g.numel())
+                                 tape.arena_pointer, layer, tape.prefix, tape.h, tape.n)
                 return ds, None, None, None
             if tape.plain:
                 # tape.pull inline for the common case (skip paths, coefficient gradients,
