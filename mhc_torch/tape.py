@@ -100,11 +100,19 @@ def chunk_rows(h: int, row_bytes: int) -> int:
 
 
 KERNELS = Path(__file__).with_name("tape_kernels.c")
-_POINTER, _INT, _INT64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+_POINTER, _INT64 = ctypes.c_void_p, ctypes.c_int64
 SIGNATURES: tuple[native.Signature, ...] = (
-    ("mhc_tape_step", (_POINTER,) * 3 + (_INT64, _INT64, _INT, _INT64), None),
-    ("mhc_tape_pull", (_POINTER,) * 6 + (_INT64, _INT64, _INT, _INT64), None),
+    ("mhc_tape_step", (_POINTER, _POINTER, _INT64), None),
+    ("mhc_tape_pull", (_POINTER, _POINTER, _POINTER, _INT64), None),
 )
+
+
+class _Addresses(ctypes.Structure):
+    """``struct mhc_tape`` of :data:`KERNELS`: the addresses and sizes every native call of a
+    tape shares (the ring, P and D are set when a backward pass starts)."""
+
+    _fields_ = [(name, _POINTER) for name in ("arena", "coefficients", "ring", "pull", "pairs")
+                ] + [(name, _INT64) for name in ("carried", "h", "n")]
 # States up to this many entries take the native kernels: above it a layer's arithmetic,
 # not its dispatch, sets the pace, and PyTorch's threaded operators win (measured on 2
 # cores, H=4: native faster at 4096 and 16384 entries, even at 32768, slower at 65536).
@@ -129,7 +137,7 @@ class _Tape:
         depth, h = coefficients.shape
         prefix = len(carried)
         n = x.numel()
-        self.depth, self.h, self.prefix, self.shape, self.n = depth, h, prefix, x.shape, n
+        self.depth, self.h, self.prefix, self.shape = depth, h, prefix, x.shape
         self.dtype = x.dtype
         rows = prefix + depth + 1
         size = chunk_rows(h, n * x.element_size())
@@ -164,8 +172,10 @@ class _Tape:
             self.native_pull = self.kernels["mhc_tape_pull"]
             self.coefficients = self.coefficients.contiguous()
             self.arena = chunks[0]
-            self.arena_pointer = self.arena.data_ptr()
-            self.coefficient_pointer = self.coefficients.data_ptr()
+            self.addresses = _Addresses(arena=self.arena.data_ptr(),
+                                        coefficients=self.coefficients.data_ptr(),
+                                        carried=prefix, h=h, n=n)
+            self.addresses_pointer = ctypes.addressof(self.addresses)
         self.started = False  # whether the current backward pass has its ring and D
         self.ring: Tensor | None = None
         self.ring_t: Tensor | None = None
@@ -240,8 +250,10 @@ class _Tape:
             self.pairs = g.new_zeros((self.prefix + self.depth + 1, self.h))
             self.pair_rows = self.pairs.unbind(0)
         if self.kernels is not None:
-            self.gradient_pointers = (self.ring.data_ptr(), self.pull_matrix.data_ptr(),
-                                      self.pairs.data_ptr())
+            addresses = self.addresses
+            addresses.ring = self.ring.data_ptr()
+            addresses.pull = self.pull_matrix.data_ptr()
+            addresses.pairs = self.pairs.data_ptr()
 
     def pull(self, t: int, grad: Tensor, saved: tuple[Tensor, ...]) -> Tensor | None:
         """ds_t (flat, 1 <= t <= L) from the engine's g_t plus the skip gradients of layers
@@ -346,8 +358,7 @@ class _Step(torch.autograd.Function):
             # the kernel reads y's memory as it lies: no flat view to dispatch
             if y.dtype != tape.dtype or not y.is_contiguous():
                 y = y.to(tape.dtype).contiguous()
-            tape.native_step(y.data_ptr(), tape.arena_pointer, tape.coefficient_pointer,
-                             layer, tape.prefix, tape.h, tape.n)
+            tape.native_step(y.data_ptr(), tape.addresses_pointer, layer)
             ctx.tape = tape
             ctx.layer = layer
             return tape.states[layer]
@@ -386,8 +397,7 @@ class _Step(torch.autograd.Function):
                 # ds_t, D[t] and the ring in one native call
                 g = grad if grad.is_contiguous() else grad.contiguous()
                 ds = torch.empty_like(g)
-                tape.native_pull(g.data_ptr(), ds.data_ptr(), *tape.gradient_pointers,
-                                 tape.arena_pointer, layer, tape.prefix, tape.h, tape.n)
+                tape.native_pull(g.data_ptr(), ds.data_ptr(), tape.addresses_pointer, layer)
                 return ds, None, None, None
             if tape.plain:
                 # tape.pull inline for the common case (skip paths, coefficient gradients,

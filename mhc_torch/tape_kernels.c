@@ -20,8 +20,18 @@
 
 #define BLOCK 1024
 
-void NAME(mhc_tape_step)(const REAL *y, REAL *arena, const REAL *coefficients, int64_t layer,
-                         int64_t carried, int h, int64_t n) {
+/* What every call of one tape shares (mhc_torch.tape._Addresses): passing one address
+ * instead of eight arguments halves ctypes' cost per call. */
+struct mhc_tape {
+    void *arena, *coefficients, *ring, *pull, *pairs;
+    int64_t carried, h, n;
+};
+
+void NAME(mhc_tape_step)(const REAL *y, const struct mhc_tape *tape, int64_t layer) {
+    REAL *arena = tape->arena;
+    const REAL *coefficients = tape->coefficients;
+    const int64_t carried = tape->carried, n = tape->n;
+    const int h = (int)tape->h;
     const int64_t k = carried + layer < h ? carried + layer : h;
     const REAL *window = arena + (carried + layer - k) * n;
     const REAL *c = coefficients + (layer - 1) * h + (h - k);
@@ -39,8 +49,11 @@ void NAME(mhc_tape_step)(const REAL *y, REAL *arena, const REAL *coefficients, i
     }
 }
 
-void NAME(mhc_tape_pull)(const REAL *g, REAL *ds, REAL *ring, const REAL *pull, REAL *pairs,
-                         const REAL *arena, int64_t t, int64_t carried, int h, int64_t n) {
+void NAME(mhc_tape_pull)(const REAL *g, REAL *ds, const struct mhc_tape *tape, int64_t t) {
+    REAL *ring = tape->ring, *pairs = tape->pairs;
+    const REAL *pull = tape->pull, *arena = tape->arena;
+    const int64_t carried = tape->carried, n = tape->n;
+    const int h = (int)tape->h;
     const REAL *state = arena + (carried + t) * n;
     const REAL *q = pull + t * h;
     REAL *d_row = pairs + (carried + t) * h;
