@@ -113,6 +113,8 @@ class _Addresses(ctypes.Structure):
 
     _fields_ = [(name, _POINTER) for name in ("arena", "coefficients", "ring", "pull", "pairs")
                 ] + [(name, _INT64) for name in ("carried", "h", "n")]
+
+
 # States up to this many entries take the native kernels: above it a layer's arithmetic,
 # not its dispatch, sets the pace, and PyTorch's threaded operators win (measured on 2
 # cores, H=4: native faster at 4096 and 16384 entries, even at 32768, slower at 65536).
