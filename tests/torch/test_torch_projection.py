@@ -8,7 +8,13 @@ import torch
 
 from mhc_spec import MHCConfig, padded_weights, project, sparsemax_vjp
 from mhc_spec import sparsemax as spec_sparsemax
-from mhc_torch.projection import mixing_coefficients, sparsemax, window_mask
+from mhc_torch.projection import (
+    mixing_coefficients,
+    pairwise_threshold,
+    sorted_threshold,
+    sparsemax,
+    window_mask,
+)
 from mhc_torch.projection import padded_weights as torch_padded_weights
 
 KINDS = [("residual", "simplex"), ("hc", "simplex"), ("mhc", "simplex"), ("mhc", "softmax"),
@@ -55,6 +61,29 @@ def test_sparsemax_masked_entries_are_exact_zeros_with_zero_gradient() -> None:
     assert torch.all(a[:, :1] == 0.0) and a[0, 1] == 0.0
     assert torch.isfinite(leaf.grad).all()
     assert torch.all(leaf.grad[torch.isinf(z)] == 0.0)
+
+
+@pytest.mark.parametrize("threshold", [sorted_threshold, pairwise_threshold])
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 7, 16, 33, 64])
+def test_both_thresholds_give_the_spec_projection_with_ties_and_masks(threshold, width: int
+                                                                      ) -> None:
+    """max(z - tau, 0) with either threshold (the operator path's and the compiled path's)
+    against the spec's sparsemax of each row's available entries; -inf entries give 0."""
+    rng = np.random.default_rng(width)
+    z = rng.standard_normal((60, width)) * rng.choice([0.05, 1.0, 20.0], size=(60, 1))
+    z[::4] = np.round(z[::4])  # ties, inside and at the edge of the support
+    z[1::5] = 0.5
+    masked = np.zeros_like(z, dtype=bool)
+    if width > 1:
+        masked[2::3, : width // 2] = True  # as window_mask does: the oldest slots
+    shifted = torch.tensor(np.where(masked, -np.inf, z))
+    shifted = shifted - shifted.amax(dim=-1, keepdim=True)
+    a = torch.clamp(shifted - threshold(shifted), min=0.0).numpy()
+    for row, (values, hidden) in enumerate(zip(z, masked, strict=True)):
+        expected = np.zeros(width)
+        expected[~hidden] = spec_sparsemax(values[~hidden])
+        np.testing.assert_allclose(a[row], expected, rtol=1e-12, atol=1e-14)
+        assert np.array_equal(a[row] == 0.0, expected == 0.0)
 
 
 def test_sparsemax_gradcheck() -> None:
