@@ -41,11 +41,15 @@ RULES: tuple[tuple[str, str], ...] = (
     ("coefficient", COEFFICIENTS),
     ("benchmarks/torch_stacks.py", MIX),   # the residual stack's h + F(h)
 )
-# The native call of kernels.py computes the gates, and for a Sinkhorn stack Sinkhorn too,
-# which is nearly all of its time: it is Sinkhorn there and coefficient projection otherwise.
+# The native coefficient call of kernels.py computes the gates, and for a Sinkhorn stack
+# Sinkhorn too, which is nearly all of its time: it is Sinkhorn there and coefficient
+# projection otherwise. Its stream kernels (the update, its backward, the read's dX terms)
+# are stream mix.
 NATIVE_KERNELS = "mhc_torch/streams/kernels.py"
-SINKHORN_RULES = ((NATIVE_KERNELS, SINKHORN), *RULES)
-COEFFICIENT_RULES = ((NATIVE_KERNELS, COEFFICIENTS), *RULES)
+STREAM_KERNELS = tuple((f"): {function}", MIX)
+                       for function in ("update_forward", "update_backward", "read_backward"))
+SINKHORN_RULES = (*STREAM_KERNELS, (NATIVE_KERNELS, SINKHORN), *RULES)
+COEFFICIENT_RULES = (*STREAM_KERNELS, (NATIVE_KERNELS, COEFFICIENTS), *RULES)
 PYTHON = "Python and autograd (outside aten operators)"
 TOP_OPERATORS = 4
 FORWARD_SCOPE = "mhc_bench.forward"

@@ -2,7 +2,11 @@
 system's C compiler into a per-user cache and loaded with ctypes.
 
 No build step at install time and no dependence on PyTorch's C++ ABI: a kernel reads and
-writes the memory of contiguous CPU tensors through their data pointers. Each source is
+writes the memory of contiguous CPU tensors through their data pointers. Kernels that split
+work across threads do so with OpenMP, given PyTorch's thread count per call; the library
+links ``libgomp.so.1``, which on Linux wheels of PyTorch is the runtime PyTorch has already
+loaded, so the kernels run on PyTorch's own thread pool (a second pool would contend with it
+for the cores). Where the compiler has no OpenMP the same source is built serial. Each source is
 compiled twice (``float`` and ``double``) into one shared library whose file name holds a
 hash of the source, the flags, the compiler's version and the CPU (the code is tuned with
 ``-march=native``), so a cache shared between machines never serves a wrong binary.
@@ -35,7 +39,9 @@ from typing import Any
 
 import torch
 
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-std=c11")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-std=c11")
+# Tried in order: OpenMP threads, else vectorisation hints only (the pragmas compile serial).
+THREADING = (("-fopenmp",), ("-fopenmp-simd",))
 ELEMENT_TYPES = {"f32": "float", "f64": "double"}
 SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}  # the dtypes the kernels take
 _LOCK = threading.Lock()
@@ -83,24 +89,37 @@ def _run(command: list[str]) -> str:
     return done.stdout
 
 
-def _commands(compiler: list[str], source: Path, scratch: Path, library: Path
-              ) -> list[list[str]]:
-    """One compile per element type, then the link."""
+def _commands(compiler: list[str], source: Path, scratch: Path, library: Path,
+              parallel: tuple[str, ...]) -> list[list[str]]:
+    """One compile per element type, then the link; ``parallel`` is one of THREADING."""
     objects = [scratch / f"{suffix}.o" for suffix in ELEMENT_TYPES]
-    compiles = [[*compiler, *FLAGS, f"-DREAL={element}", f"-DNAME(f)=f##_{suffix}", "-c",
-                 str(source), "-o", str(obj)]
+    compiles = [[*compiler, *FLAGS, *parallel, f"-DREAL={element}", f"-DNAME(f)=f##_{suffix}",
+                 "-c", str(source), "-o", str(obj)]
                 for (suffix, element), obj in zip(ELEMENT_TYPES.items(), objects, strict=True)]
-    return [*compiles, [*compiler, "-shared", *map(str, objects), "-o", str(library), "-lm"]]
+    return [*compiles, [*compiler, "-shared", *parallel, *map(str, objects), "-o",
+                        str(library), "-lm"]]
 
 
 def build(source: Path, directory: Path, compiler: str) -> Path:
     """The shared library of ``source`` in ``directory``, compiled unless already there;
-    ``compiler`` is a command line (``CC``, e.g. ``"ccache gcc"``)."""
+    ``compiler`` is a command line (``CC``, e.g. ``"ccache gcc"``). Built with OpenMP where
+    the compiler has it, else serial; the first recipe's error is raised if none works."""
     command = shlex.split(compiler)
     if not command or shutil.which(command[0]) is None:
         raise NativeUnavailable(f"no C compiler: {compiler!r} is not on PATH (set CC)")
     version = (_run([*command, "--version"]).splitlines() or ["unknown version"])[0]
-    recipe = repr(_commands(command, source, Path("."), Path("lib.so")))
+    errors = []
+    for parallel in THREADING:
+        try:
+            return _build(command, version, source, directory, parallel)
+        except NativeUnavailable as error:
+            errors.append(error)
+    raise errors[0]
+
+
+def _build(command: list[str], version: str, source: Path, directory: Path,
+           parallel: tuple[str, ...]) -> Path:
+    recipe = repr(_commands(command, source, Path("."), Path("lib.so"), parallel))
     key = hashlib.sha256(b"\0".join(
         [source.read_bytes(), recipe.encode(), version.encode(), _cpu_signature().encode()]))
     target = directory / f"{source.stem}-{key.hexdigest()[:16]}.so"
@@ -112,7 +131,7 @@ def build(source: Path, directory: Path, compiler: str) -> Path:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         library = Path(scratch) / target.name
-        for step in _commands(command, source, Path(scratch), library):
+        for step in _commands(command, source, Path(scratch), library, parallel):
             _run(step)
         os.replace(library, target)
     return target

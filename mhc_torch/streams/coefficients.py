@@ -16,7 +16,7 @@ w = s / r and the cotangents dHpre, dHpost, dHres:
 
     dz = (dHpre Hpre (1 - Hpre), dHpost Hpost (1 - Hpost / 2), P^T(dHres))
     dbeta = sum_t dz;   ds = sum_t dz (x @ Phi) / r;   dPhi = x^T (dz w)
-    dx = (dz w) @ Phi^T - x <dz s, x @ Phi> / (nC r^3)
+    dx = (dz w) @ Phi^T + t x,   t = -<dz s, x @ Phi> / (nC r^3)
 
 The coefficient arithmetic runs in the parameters' precision (float32 under autocast).
 """
@@ -202,10 +202,11 @@ def _logits_backward(saved: DynamicCoefficients, d_hpre: Tensor, d_hpost: Tensor
 def dynamic_coefficients_backward(
     saved: DynamicCoefficients, params: LayerParameters, d_hpre: Tensor, d_hpost: Tensor,
     d_res: Tensor, d_flat: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(dPhi, ds, dbeta) given dHpre, dHpost and dHres (dHres~ when the forward did not
-    project); adds dLoss/dx through the coefficients into ``d_flat`` (B, nC) in place
-    unless it is None (x needs no gradient)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """(dPhi, ds, dbeta, t) given dHpre, dHpost and dHres (dHres~ when the forward did not
+    project). Unless ``d_flat`` (B, nC) is None (x needs no gradient), adds (dz w) Phi^T to
+    it in place and returns t = -<dz s, x @ Phi> / (nC r^3) (B,), so that dLoss/dx through
+    the coefficients is complete once the caller adds t x (fused with its own terms)."""
     dtype = saved.flat.dtype
     if saved.native_logits is not None:
         dlogits = kernels.coefficients_backward(d_hpre, d_hpost, d_res, saved.slopes,
@@ -219,15 +220,13 @@ def dynamic_coefficients_backward(
     # (dz w)^T x, transposed back: ~2x faster than x^T (dz w) for this skinny product.
     dprojection = torch.mm(dz_w.t(), saved.flat).t()
     if d_flat is None:
-        return dprojection, dscale, dbias
+        return dprojection, dscale, dbias, None
     # Through r: d(1/r)/dx = -x / (nC r^3), times dLoss/d(1/r) = <dz s, x @ Phi>.
     through_rms = torch.mv(scaled_raw, as_dtype(params.scale, dtype))
     through_rms.mul_(saved.inverse_rms.pow(3)).div_(-d_flat.shape[1])
     projection = as_dtype(params.projection, dtype)
     if d_flat.dtype == dtype:
         d_flat.addmm_(dz_w, projection.t())
-        d_flat.addcmul_(saved.flat, through_rms.unsqueeze(-1))
     else:
-        d_flat.add_(torch.addcmul(torch.mm(dz_w, projection.t()), saved.flat,
-                                  through_rms.unsqueeze(-1)))
-    return dprojection, dscale, dbias
+        d_flat.add_(torch.mm(dz_w, projection.t()))
+    return dprojection, dscale, dbias, through_rms

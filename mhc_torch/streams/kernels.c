@@ -1,6 +1,7 @@
-/* The per-token coefficients of one multi-stream layer, after the projection's matmul, as
- * two native kernels (see mhc_torch/streams/coefficients.py for the maths and
- * mhc_torch/native.py for how this file is built and loaded).
+/* Native kernels of one multi-stream layer: its per-token coefficients after the projection's
+ * matmul, and the passes over the streams (see mhc_torch/streams/coefficients.py and
+ * mhc_torch/streams/mixing.py for the maths, mhc_torch/native.py for how this file is built
+ * and loaded).
  *
  * With K = 2n + n^2 logits per token, raw = x @ Phi (tokens, K) and 1/r (tokens,):
  *
@@ -16,6 +17,11 @@
  * BLOCK tokens laid out token-last so that every step is a vector operation over the block. The
  * backward recomputes the 2T + 1 iterates of its block instead of reading saved ones.
  *
+ * The stream kernels do in one pass over a token's streams X (n, C) what PyTorch does in
+ * two to four (batched products, outer products): the update X_next = Hres X + Hpost y, its
+ * reverse mode, and the read's additions to dX. Every kernel splits its tokens over
+ * `threads` OpenMP threads (PyTorch's pool: see native.py) when the work is large enough.
+ *
  * Compiled once per element type: REAL is float or double, NAME(f) appends the suffix.
  */
 #include <tgmath.h>
@@ -24,6 +30,7 @@
 #include <string.h>
 
 #define BLOCK 32  /* tokens per block: 32 measured fastest of 8, 16, 32, 64 (AVX-512) */
+#define GRAIN 32768  /* elements below which a pass stays on one thread (PyTorch's grain) */
 
 /* M_0 of the block's tokens [first, first + count) from their logits (row stride `stride`),
  * each column shifted by its own largest logit: SK_T does not change when a column of M_0
@@ -83,100 +90,210 @@ static double *NAME(iterate_buffer)(int n, int slots) {
 int NAME(mhc_stream_coefficients_forward)(
         const REAL *raw, const REAL *inverse_rms, const REAL *scale, const REAL *bias,
         int64_t tokens, int n, int iterations,
-        REAL *weight, REAL *logits, REAL *hpre, REAL *hpost, REAL *slopes, REAL *hres) {
+        REAL *weight, REAL *logits, REAL *hpre, REAL *hpost, REAL *slopes, REAL *hres,
+        int threads) {
     const int nn = n * n, width = 2 * n + nn;
-    for (int64_t t = 0; t < tokens; ++t) {
-        const REAL *row = raw + t * width;
-        REAL *w = weight + t * width, *z = logits + t * width;
-        for (int k = 0; k < width; ++k) {
-            w[k] = inverse_rms[t] * scale[k];
-            z[k] = bias[k] + row[k] * w[k];
+    int status = 0;
+    #pragma omp parallel num_threads(threads) if (threads > 1 && tokens > BLOCK) \
+        reduction(| : status)
+    {
+        double *it = iterations ? NAME(iterate_buffer)(n, 2) : NULL;
+        const double *last = it;  /* step 2T lands in slot 0 */
+        #pragma omp for schedule(static)
+        for (int64_t first = 0; first < tokens; first += BLOCK) {
+            const int count = tokens - first < BLOCK ? (int)(tokens - first) : BLOCK;
+            for (int64_t t = first; t < first + count; ++t) {
+                const REAL *row = raw + t * width;
+                REAL *w = weight + t * width, *z = logits + t * width;
+                for (int k = 0; k < width; ++k) {
+                    w[k] = inverse_rms[t] * scale[k];
+                    z[k] = bias[k] + row[k] * w[k];
+                }
+                for (int i = 0; i < n; ++i) {
+                    const REAL pre = 1 / (1 + exp(-z[i]));  /* tgmath: expf for float */
+                    const REAL post = 1 / (1 + exp(-z[n + i]));
+                    hpre[t * n + i] = pre;
+                    hpost[t * n + i] = 2 * post;
+                    slopes[t * 2 * n + i] = pre - pre * pre;
+                    slopes[t * 2 * n + n + i] = 2 * (post - post * post);
+                }
+                if (iterations == 0) memcpy(hres + t * nn, z + 2 * n, sizeof(REAL) * nn);
+            }
+            if (iterations == 0) continue;
+            if (it == NULL) {
+                status = 1;
+                continue;
+            }
+            NAME(load_block)(it, logits + 2 * n, width, n, first, count);
+            NAME(sinkhorn_block)(it, n, iterations, 0);
+            for (int lane = 0; lane < count; ++lane)
+                for (int k = 0; k < nn; ++k)
+                    hres[(first + lane) * nn + k] = (REAL)last[k * BLOCK + lane];
         }
-        for (int i = 0; i < n; ++i) {
-            const REAL pre = 1 / (1 + exp(-z[i]));  /* tgmath: expf for float */
-            const REAL post = 1 / (1 + exp(-z[n + i]));
-            hpre[t * n + i] = pre;
-            hpost[t * n + i] = 2 * post;
-            slopes[t * 2 * n + i] = pre - pre * pre;
-            slopes[t * 2 * n + n + i] = 2 * (post - post * post);
-        }
-        if (iterations == 0) memcpy(hres + t * nn, z + 2 * n, sizeof(REAL) * nn);
+        free(it);
     }
-    if (iterations == 0) return 0;
-    double *it = NAME(iterate_buffer)(n, 2);
-    if (it == NULL) return 1;
-    const double *last = it;  /* step 2T lands in slot 0 */
-    for (int64_t first = 0; first < tokens; first += BLOCK) {
-        const int count = tokens - first < BLOCK ? (int)(tokens - first) : BLOCK;
-        NAME(load_block)(it, logits + 2 * n, width, n, first, count);
-        NAME(sinkhorn_block)(it, n, iterations, 0);
-        for (int lane = 0; lane < count; ++lane)
-            for (int k = 0; k < nn; ++k)
-                hres[(first + lane) * nn + k] = (REAL)last[k * BLOCK + lane];
-    }
-    free(it);
-    return 0;
+    return status;
 }
 
 /* dz (tokens, K) from dHpre, dHpost (tokens, n), dHres (tokens, n, n) and the forward's
  * slopes and logits. Returns 0, or 1 when scratch memory could not be allocated. */
 int NAME(mhc_stream_coefficients_backward)(
         const REAL *d_hpre, const REAL *d_hpost, const REAL *d_hres, const REAL *slopes,
-        const REAL *logits, int64_t tokens, int n, int iterations, REAL *d_logits) {
+        const REAL *logits, int64_t tokens, int n, int iterations, REAL *d_logits,
+        int threads) {
     const int nn = n * n, width = 2 * n + nn;
-    for (int64_t t = 0; t < tokens; ++t) {
-        REAL *dz = d_logits + t * width;
-        for (int i = 0; i < n; ++i) {
-            dz[i] = d_hpre[t * n + i] * slopes[t * 2 * n + i];
-            dz[n + i] = d_hpost[t * n + i] * slopes[t * 2 * n + n + i];
+    int status = 0;
+    #pragma omp parallel num_threads(threads) if (threads > 1 && tokens > BLOCK) \
+        reduction(| : status)
+    {
+        double *it = iterations ? NAME(iterate_buffer)(n, 2 * iterations + 1) : NULL;
+        double *grad = iterations ? NAME(iterate_buffer)(n, 1) : NULL;
+        #pragma omp for schedule(static)
+        for (int64_t first = 0; first < tokens; first += BLOCK) {
+            const int count = tokens - first < BLOCK ? (int)(tokens - first) : BLOCK;
+            for (int64_t t = first; t < first + count; ++t) {
+                REAL *dz = d_logits + t * width;
+                for (int i = 0; i < n; ++i) {
+                    dz[i] = d_hpre[t * n + i] * slopes[t * 2 * n + i];
+                    dz[n + i] = d_hpost[t * n + i] * slopes[t * 2 * n + n + i];
+                }
+                if (iterations == 0) memcpy(dz + 2 * n, d_hres + t * nn, sizeof(REAL) * nn);
+            }
+            if (iterations == 0) continue;
+            if (it == NULL || grad == NULL) {
+                status = 1;
+                continue;
+            }
+            NAME(load_block)(it, logits + 2 * n, width, n, first, count);
+            NAME(sinkhorn_block)(it, n, iterations, 1);
+            for (int lane = 0; lane < BLOCK; ++lane)
+                for (int k = 0; k < nn; ++k)
+                    grad[k * BLOCK + lane] = lane < count ? d_hres[(first + lane) * nn + k] : 0.0;
+            /* y = x / sum(x) along a line: dx = (dy - <dy, y>) / sum(x), line by line. */
+            for (int step = 2 * iterations; step >= 1; --step) {
+                const double *x = it + (size_t)(step - 1) * nn * BLOCK;
+                const double *y = it + (size_t)step * nn * BLOCK;
+                const int columns = step % 2;
+                for (int line = 0; line < n; ++line) {
+                    const int along = columns ? n : 1, start = columns ? line : line * n;
+                    double dot[BLOCK] = {0}, inverse[BLOCK] = {0};
+                    for (int e = 0; e < n; ++e)
+                        for (int lane = 0; lane < BLOCK; ++lane) {
+                            const int at = (start + e * along) * BLOCK + lane;
+                            dot[lane] += grad[at] * y[at];
+                            inverse[lane] += x[at];
+                        }
+                    for (int lane = 0; lane < BLOCK; ++lane) inverse[lane] = 1.0 / inverse[lane];
+                    for (int e = 0; e < n; ++e)
+                        for (int lane = 0; lane < BLOCK; ++lane) {
+                            const int at = (start + e * along) * BLOCK + lane;
+                            grad[at] = (grad[at] - dot[lane]) * inverse[lane];
+                        }
+                }
+            }
+            /* M_0 = exp(Z - column max): dZ = dM_0 * M_0 (the shifts' terms vanish: SK is
+             * invariant to scaling a column, so sum_i dM_0[i, j] M_0[i, j] = 0). */
+            for (int lane = 0; lane < count; ++lane)
+                for (int k = 0; k < nn; ++k)
+                    d_logits[(first + lane) * width + 2 * n + k] =
+                        (REAL)(grad[k * BLOCK + lane] * it[k * BLOCK + lane]);
         }
-        if (iterations == 0) memcpy(dz + 2 * n, d_hres + t * nn, sizeof(REAL) * nn);
-    }
-    if (iterations == 0) return 0;
-    double *it = NAME(iterate_buffer)(n, 2 * iterations + 1);
-    double *grad = NAME(iterate_buffer)(n, 1);
-    if (it == NULL || grad == NULL) {
         free(it);
         free(grad);
-        return 1;
     }
-    for (int64_t first = 0; first < tokens; first += BLOCK) {
-        const int count = tokens - first < BLOCK ? (int)(tokens - first) : BLOCK;
-        NAME(load_block)(it, logits + 2 * n, width, n, first, count);
-        NAME(sinkhorn_block)(it, n, iterations, 1);
-        for (int lane = 0; lane < BLOCK; ++lane)
-            for (int k = 0; k < nn; ++k)
-                grad[k * BLOCK + lane] = lane < count ? d_hres[(first + lane) * nn + k] : 0.0;
-        /* y = x / sum(x) along a line: dx = (dy - <dy, y>) / sum(x), line by line. */
-        for (int step = 2 * iterations; step >= 1; --step) {
-            const double *x = it + (size_t)(step - 1) * nn * BLOCK;
-            const double *y = it + (size_t)step * nn * BLOCK;
-            const int columns = step % 2;
-            for (int line = 0; line < n; ++line) {
-                const int along = columns ? n : 1, start = columns ? line : line * n;
-                double dot[BLOCK] = {0}, inverse[BLOCK] = {0};
-                for (int e = 0; e < n; ++e)
-                    for (int lane = 0; lane < BLOCK; ++lane) {
-                        const int at = (start + e * along) * BLOCK + lane;
-                        dot[lane] += grad[at] * y[at];
-                        inverse[lane] += x[at];
-                    }
-                for (int lane = 0; lane < BLOCK; ++lane) inverse[lane] = 1.0 / inverse[lane];
-                for (int e = 0; e < n; ++e)
-                    for (int lane = 0; lane < BLOCK; ++lane) {
-                        const int at = (start + e * along) * BLOCK + lane;
-                        grad[at] = (grad[at] - dot[lane]) * inverse[lane];
-                    }
+    return status;
+}
+
+/* out = Hres X + Hpost y per token: out[t, i, :] = sum_j Hres[t, i, j] X[t, j, :]
+ * + Hpost[t, i] y[t, :], for X, out (tokens, n, C), y (tokens, C). */
+void NAME(mhc_stream_update_forward)(
+        const REAL *restrict streams, const REAL *restrict y, const REAL *restrict hres,
+        const REAL *restrict hpost, REAL *restrict out, int64_t tokens, int n, int64_t width,
+        int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static) \
+        if (threads > 1 && tokens * n * width >= GRAIN)
+    for (int64_t t = 0; t < tokens; ++t) {
+        const REAL *x = streams + t * n * width, *yt = y + t * width, *h = hres + t * n * n;
+        for (int i = 0; i < n; ++i) {
+            REAL *o = out + (t * n + i) * width;
+            const REAL post = hpost[t * n + i];
+            #pragma omp simd
+            for (int64_t c = 0; c < width; ++c) o[c] = post * yt[c];
+            for (int j = 0; j < n; ++j) {
+                const REAL weight = h[i * n + j];
+                const REAL *xj = x + j * width;
+                #pragma omp simd
+                for (int64_t c = 0; c < width; ++c) o[c] += weight * xj[c];
             }
         }
-        /* M_0 = exp(Z - column max): dZ = dM_0 * M_0 (the shifts' terms vanish: SK is
-         * invariant to scaling a column, so sum_i dM_0[i, j] M_0[i, j] = 0). */
-        for (int lane = 0; lane < count; ++lane)
-            for (int k = 0; k < nn; ++k)
-                d_logits[(first + lane) * width + 2 * n + k] =
-                    (REAL)(grad[k * BLOCK + lane] * it[k * BLOCK + lane]);
     }
-    free(it);
-    free(grad);
-    return 0;
+}
+
+/* The update's reverse mode for G = dLoss/dX_next, per token: dHres = G X^T,
+ * dHpost = G y, dy = Hpost^T G and (unless d_streams is NULL) dX = Hres^T G. The token's
+ * G, X and y are read from memory once; the dot products re-read them from L1. */
+void NAME(mhc_stream_update_backward)(
+        const REAL *restrict grad, const REAL *restrict streams, const REAL *restrict y,
+        const REAL *restrict hres, const REAL *restrict hpost, REAL *restrict d_streams,
+        REAL *restrict d_y, REAL *restrict d_hpost, REAL *restrict d_hres, int64_t tokens,
+        int n, int64_t width, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static) \
+        if (threads > 1 && tokens * n * width >= GRAIN)
+    for (int64_t t = 0; t < tokens; ++t) {
+        const REAL *g = grad + t * n * width, *x = streams + t * n * width,
+                   *yt = y + t * width, *h = hres + t * n * n, *post = hpost + t * n;
+        for (int i = 0; i < n; ++i) {
+            const REAL *gi = g + i * width;
+            for (int j = 0; j < n; ++j) {
+                const REAL *xj = x + j * width;
+                REAL dot = 0;
+                #pragma omp simd reduction(+ : dot)
+                for (int64_t c = 0; c < width; ++c) dot += gi[c] * xj[c];
+                d_hres[(t * n + i) * n + j] = dot;
+            }
+            REAL dot = 0;
+            #pragma omp simd reduction(+ : dot)
+            for (int64_t c = 0; c < width; ++c) dot += gi[c] * yt[c];
+            d_hpost[t * n + i] = dot;
+        }
+        /* row j < n: dX[j] = sum_i Hres[i, j] G[i]; row n: dy = sum_i Hpost[i] G[i] */
+        for (int j = d_streams == NULL ? n : 0; j <= n; ++j) {
+            REAL *d = j < n ? d_streams + (t * n + j) * width : d_y + t * width;
+            const REAL first = j < n ? h[j] : post[0];
+            #pragma omp simd
+            for (int64_t c = 0; c < width; ++c) d[c] = first * g[c];
+            for (int i = 1; i < n; ++i) {
+                const REAL weight = j < n ? h[i * n + j] : post[i];
+                const REAL *gi = g + i * width;
+                #pragma omp simd
+                for (int64_t c = 0; c < width; ++c) d[c] += weight * gi[c];
+            }
+        }
+    }
+}
+
+/* The read's terms of dX in one pass: dX[t, i, :] += Hpre[t, i] du[t, :]
+ * + through_rms[t] X[t, i, :] (the second term only when through_rms is not NULL). */
+void NAME(mhc_stream_read_backward)(
+        REAL *restrict d_streams, const REAL *restrict hpre, const REAL *restrict du,
+        const REAL *restrict through_rms, const REAL *restrict streams, int64_t tokens, int n,
+        int64_t width, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static) \
+        if (threads > 1 && tokens * n * width >= GRAIN)
+    for (int64_t t = 0; t < tokens; ++t) {
+        const REAL *u = du + t * width;
+        for (int i = 0; i < n; ++i) {
+            REAL *d = d_streams + (t * n + i) * width;
+            const REAL pre = hpre[t * n + i];
+            if (through_rms == NULL) {
+                #pragma omp simd
+                for (int64_t c = 0; c < width; ++c) d[c] += pre * u[c];
+            } else {
+                const REAL *x = streams + (t * n + i) * width;
+                const REAL rms = through_rms[t];
+                #pragma omp simd
+                for (int64_t c = 0; c < width; ++c) d[c] += pre * u[c] + rms * x[c];
+            }
+        }
+    }
 }

@@ -1,8 +1,12 @@
-"""Bindings of the native coefficient kernels (``kernels.c``, built by :mod:`mhc_torch.native`).
+"""Bindings of a multi-stream layer's native kernels (``kernels.c``, built by
+:mod:`mhc_torch.native`).
 
-They replace the ~50 small PyTorch calls a dynamic layer spends per direction after the
-projection's matmul (the gates, their slopes, and the 2T Sinkhorn normalisations) by one
-call each; the maths is in ``kernels.c`` and :mod:`mhc_torch.streams.coefficients`.
+The coefficient kernels replace the ~50 small PyTorch calls a dynamic layer spends per
+direction after the projection's matmul (the gates, their slopes, and the 2T Sinkhorn
+normalisations) by one call each; the maths is in :mod:`mhc_torch.streams.coefficients`.
+The stream kernels make one pass over the streams where PyTorch makes two to four (the
+update X_next = Hres X + Hpost y, its reverse mode, the read's terms of dX; the maths is in
+:mod:`mhc_torch.streams.mixing`). Every kernel runs on PyTorch's thread count.
 """
 
 from __future__ import annotations
@@ -34,9 +38,13 @@ class NativeCoefficients(NamedTuple):
 
 
 SIGNATURES: tuple[native.Signature, ...] = (
-    ("mhc_stream_coefficients_forward", (_POINTER,) * 4 + (_INT64, _INT, _INT) + (_POINTER,) * 6,
-     _INT),
-    ("mhc_stream_coefficients_backward", (_POINTER,) * 5 + (_INT64, _INT, _INT, _POINTER), _INT),
+    ("mhc_stream_coefficients_forward",
+     (_POINTER,) * 4 + (_INT64, _INT, _INT) + (_POINTER,) * 6 + (_INT,), _INT),
+    ("mhc_stream_coefficients_backward",
+     (_POINTER,) * 5 + (_INT64, _INT, _INT, _POINTER, _INT), _INT),
+    ("mhc_stream_update_forward", (_POINTER,) * 5 + (_INT64, _INT, _INT64, _INT), None),
+    ("mhc_stream_update_backward", (_POINTER,) * 9 + (_INT64, _INT, _INT64, _INT), None),
+    ("mhc_stream_read_backward", (_POINTER,) * 5 + (_INT64, _INT, _INT64, _INT), None),
 )
 
 
@@ -81,7 +89,7 @@ def coefficients_forward(raw: Tensor, inverse_rms: Tensor, scale: Tensor, bias: 
         slopes=raw.new_empty((count, 2 * n)), hres=raw.new_empty((count, n, n)))
     forward = _bound(raw.dtype)["mhc_stream_coefficients_forward"]
     _check(forward(*(t.data_ptr() for t in inputs), count, n, iterations,
-                   *(t.data_ptr() for t in out)))
+                   *(t.data_ptr() for t in out), torch.get_num_threads()))
     return out
 
 
@@ -96,5 +104,70 @@ def coefficients_backward(d_hpre: Tensor, d_hpost: Tensor, d_hres: Tensor, slope
     d_logits = logits.new_empty(logits.shape)
     backward = _bound(logits.dtype)["mhc_stream_coefficients_backward"]
     _check(backward(*(t.data_ptr() for t in inputs), count, n, iterations,
-                    d_logits.data_ptr()))
+                    d_logits.data_ptr(), torch.get_num_threads()))
     return d_logits
+
+
+def streams_usable(*tensors: Tensor) -> bool:
+    """Whether the stream kernels take these tensors as they are: contiguous CPU tensors of
+    one dtype the kernels are compiled for (anything else uses PyTorch operations)."""
+    dtype, device = tensors[0].dtype, tensors[0].device
+    return (all(t.dtype == dtype and t.is_contiguous() for t in tensors)
+            and native.kernels_for(SOURCE, SIGNATURES, dtype, device) is not None)
+
+
+def _check_streams(streams: Tensor, **tensors: Tensor) -> None:
+    """Each tensor of the shape the stream kernels take on trust for X (B, n, C), named by
+    its dimensions: ``token`` (B,), ``row`` (B, C), ``vector`` (B, n), ``matrix`` (B, n, n),
+    ``state`` (B, n, C)."""
+    count, n, width = streams.shape
+    shapes = {"token": (count,), "row": (count, width), "vector": (count, n),
+              "matrix": (count, n, n), "state": (count, n, width)}
+    for key, tensor in tensors.items():
+        kind, _, name = key.partition("_")
+        if (tuple(tensor.shape) != shapes[kind] or tensor.dtype != streams.dtype
+                or not tensor.is_contiguous()):
+            raise ValueError(f"native stream kernel: {name} is {tensor.dtype} of shape "
+                             f"{tuple(tensor.shape)}, expected contiguous {streams.dtype} of "
+                             f"shape {shapes[kind]}")
+
+
+def update_forward(streams: Tensor, y: Tensor, hres: Tensor, hpost: Tensor) -> Tensor:
+    """X_next = Hres X + Hpost y (B, n, C) for X (B, n, C), y (B, C), Hres (B, n, n) and
+    Hpost (B, n)."""
+    _check_streams(streams, row_y=y, matrix_hres=hres, vector_hpost=hpost)
+    count, n, width = streams.shape
+    out = streams.new_empty(streams.shape)
+    _bound(streams.dtype)["mhc_stream_update_forward"](
+        streams.data_ptr(), y.data_ptr(), hres.data_ptr(), hpost.data_ptr(), out.data_ptr(),
+        count, n, width, torch.get_num_threads())
+    return out
+
+
+def update_backward(grad: Tensor, streams: Tensor, y: Tensor, hres: Tensor, hpost: Tensor,
+                    streams_grad: bool) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+    """(dX = Hres^T G or None unless ``streams_grad``, dy = Hpost^T G (B, C),
+    dHpost = G y (B, n), dHres = G X^T (B, n, n)) for G = dLoss/dX_next (B, n, C)."""
+    _check_streams(streams, state_grad=grad, row_y=y, matrix_hres=hres, vector_hpost=hpost)
+    count, n, width = streams.shape
+    d_streams = streams.new_empty(streams.shape) if streams_grad else None
+    d_y, d_hpost = y.new_empty(y.shape), hpost.new_empty(hpost.shape)
+    d_hres = hres.new_empty(hres.shape)
+    _bound(streams.dtype)["mhc_stream_update_backward"](
+        grad.data_ptr(), streams.data_ptr(), y.data_ptr(), hres.data_ptr(), hpost.data_ptr(),
+        None if d_streams is None else d_streams.data_ptr(), d_y.data_ptr(),
+        d_hpost.data_ptr(), d_hres.data_ptr(), count, n, width, torch.get_num_threads())
+    return d_streams, d_y, d_hpost, d_hres
+
+
+def read_backward(d_streams: Tensor, hpre: Tensor, du: Tensor, through_rms: Tensor | None,
+                  streams: Tensor) -> None:
+    """dX += Hpre du^T + through_rms X in place (the second term only when given), for
+    dX, X (B, n, C), Hpre (B, n), du (B, C), through_rms (B,)."""
+    _check_streams(streams, state_gradient=d_streams, vector_hpre=hpre, row_du=du,
+                   **({} if through_rms is None else {"token_through_rms": through_rms}))
+    count, n, width = streams.shape
+    _bound(streams.dtype)["mhc_stream_read_backward"](
+        d_streams.data_ptr(), hpre.data_ptr(), du.data_ptr(),
+        None if through_rms is None else through_rms.data_ptr(), streams.data_ptr(),
+        count, n, width, torch.get_num_threads())

@@ -16,6 +16,11 @@ gradients. The write node depends on the read node through Hpost, so its backwar
 runs first. Hres is an input of the write node only so that a user projection receives its
 gradient; otherwise the read node consumes dHres itself (Sinkhorn's reverse mode included).
 
+On the CPU, for contiguous float32 or float64 tensors, the update, its reverse mode and the
+read's additions to dX (Hpre du^T and the coefficients' t x) run as native kernels
+(:mod:`mhc_torch.streams.kernels`), one pass over the streams each; elsewhere as PyTorch
+operations (batched and outer products).
+
 Static coefficients arrive per layer, (n,) and (n, n), and are expanded over the tokens;
 their gradients are summed over the tokens. The streams keep their dtype: coefficients and
 y are cast to it, with autocast off, so a float32 residual stream stays float32.
@@ -29,6 +34,7 @@ from torch.autograd.function import once_differentiable
 
 from mhc_spec.streams import StreamConfig
 from mhc_torch.projection import autocast_disabled
+from mhc_torch.streams import kernels
 from mhc_torch.streams.coefficients import (
     DynamicCoefficients,
     LayerParameters,
@@ -85,15 +91,28 @@ def _row_products(row: Tensor, streams: Tensor) -> Tensor:
     return torch.bmm(row.unsqueeze(-2), streams.transpose(-2, -1)).squeeze(-2)
 
 
-def _branch_input_backward(du: Tensor | None, hpre: Tensor, streams: Tensor,
-                           dstreams: Tensor | None) -> Tensor:
-    """dHpre = du X^T (B, n); adds Hpre du^T to dX in place (nothing if u got no gradient)."""
+def _branch_input_backward(du: Tensor | None, streams: Tensor) -> Tensor:
+    """dHpre = du X^T (B, n); zeros if u got no gradient."""
     if du is None:
         return streams.new_zeros(streams.shape[:2])
-    du = as_dtype(du, streams.dtype)
-    if dstreams is not None:
-        dstreams.addcmul_(as_dtype(hpre, streams.dtype).unsqueeze(-1), du.unsqueeze(-2))
     return _row_products(du, streams)
+
+
+def _add_read_gradients(dstreams: Tensor | None, hpre: Tensor, du: Tensor | None,
+                        streams: Tensor, through_rms: Tensor | None) -> None:
+    """dX += Hpre du^T + through_rms X in place, for Hpre (B, n), du (B, C) and
+    through_rms (B,) (each term skipped where its cotangent is None)."""
+    if dstreams is None:
+        return
+    hpre = as_dtype(hpre, streams.dtype)
+    if du is not None and kernels.streams_usable(
+            dstreams, streams, hpre, du, *(() if through_rms is None else (through_rms,))):
+        kernels.read_backward(dstreams, hpre, du, through_rms, streams)
+        return
+    if du is not None:
+        dstreams.addcmul_(hpre.unsqueeze(-1), du.unsqueeze(-2))
+    if through_rms is not None:  # in through_rms's precision when it is wider than X's
+        dstreams.addcmul_(streams, through_rms.view(-1, 1, 1))
 
 
 class _DynamicRead(torch.autograd.Function):
@@ -128,15 +147,17 @@ class _DynamicRead(torch.autograd.Function):
         saved: DynamicCoefficients = ctx.saved
         dstreams, dhres = ctx.record.take_gradients(streams)
         dtype = saved.flat.dtype
-        dhpre = _branch_input_backward(du, hpre, streams, dstreams)
+        du = None if du is None else as_dtype(du, streams.dtype)
+        dhpre = _branch_input_backward(du, streams)
         if dhpost is None:
             dhpost = torch.zeros_like(hpre)
         if ctx.external and dres is not None:
             dhres = dres  # dLoss/dHres~ through the user's projection
-        dprojection, dscale, dbias = dynamic_coefficients_backward(
+        dprojection, dscale, dbias, through_rms = dynamic_coefficients_backward(
             saved, LayerParameters(projection, scale, None), as_dtype(dhpre, dtype),
             as_dtype(dhpost, dtype), as_dtype(dhres, dtype),
             None if dstreams is None else dstreams.view(streams.shape[0], -1))
+        _add_read_gradients(dstreams, hpre, du, streams, through_rms)
         return (dstreams, as_dtype(dprojection, projection.dtype), as_dtype(dscale, scale.dtype),
                 as_dtype(dbias, ctx.bias_dtype), None, None, None, None)
 
@@ -166,7 +187,10 @@ class _StaticRead(torch.autograd.Function):
                  ) -> tuple[Tensor | None, ...]:
         streams, hpre = ctx.saved_tensors
         dstreams, dhres = ctx.record.take_gradients(streams)
-        dhpre = _branch_input_backward(du, hpre, streams, dstreams).sum(dim=0)
+        du = None if du is None else as_dtype(du, streams.dtype)
+        dhpre = _branch_input_backward(du, streams).sum(dim=0)
+        _add_read_gradients(dstreams, hpre.expand(streams.shape[:2]).contiguous(), du, streams,
+                            None)
         dhpost = torch.zeros_like(hpre) if dhpost is None else dhpost.sum(dim=0)
         return (dstreams, as_dtype(dhpre, hpre.dtype), dhpost,
                 as_dtype(dhres.sum(dim=0), hpre.dtype), None)
@@ -180,8 +204,12 @@ class _WriteStreams(torch.autograd.Function):
         streams, record.streams = record.streams, None
         dtype = streams.dtype
         with autocast_disabled(streams.device.type):
-            out = torch.bmm(as_dtype(hres, dtype), streams)
-            out.addcmul_(as_dtype(hpost, dtype).unsqueeze(-1), as_dtype(y, dtype).unsqueeze(-2))
+            hres, hpost, y = as_dtype(hres, dtype), as_dtype(hpost, dtype), as_dtype(y, dtype)
+            if kernels.streams_usable(streams, y, hres, hpost):
+                out = kernels.update_forward(streams, y, hres, hpost)
+            else:
+                out = torch.bmm(hres, streams)
+                out.addcmul_(hpost.unsqueeze(-1), y.unsqueeze(-2))
         ctx.record = record
         ctx.save_for_backward(y, hpost, hres, streams)
         return out
@@ -195,11 +223,15 @@ class _WriteStreams(torch.autograd.Function):
         # the four products below to bmm's per-matrix fallback: ~40x slower than one copy.
         grad = as_dtype(grad, dtype).contiguous()
         record = ctx.record
-        if record.streams_grad:
-            record.gradients = torch.bmm(as_dtype(hres, dtype).transpose(-2, -1), grad)
-        dy = torch.bmm(as_dtype(hpost, dtype).unsqueeze(-2), grad).squeeze(-2)
-        dhpost = _row_products(as_dtype(y, dtype), grad)
-        dhres = torch.bmm(grad, streams.transpose(-2, -1))
+        if kernels.streams_usable(streams, grad, y, hres, hpost):
+            record.gradients, dy, dhpost, dhres = kernels.update_backward(
+                grad, streams, y, hres, hpost, record.streams_grad)
+        else:
+            if record.streams_grad:
+                record.gradients = torch.bmm(hres.transpose(-2, -1), grad)
+            dy = torch.bmm(hpost.unsqueeze(-2), grad).squeeze(-2)
+            dhpost = _row_products(y, grad)
+            dhres = torch.bmm(grad, streams.transpose(-2, -1))
         if ctx.needs_input_grad[2]:
             return dy, dhpost, dhres, None
         record.dhres = dhres
