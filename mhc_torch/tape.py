@@ -36,7 +36,10 @@ call per direction (``tape_kernels.c``, built by :mod:`mhc_torch.native`): there
 cutting per-layer windows and row aliases costs more than the kernels' own index maths. The
 kernels reach the arena and C through addresses taken when the tape is built (the tape
 keeps both alive with its graph), and the ring, P and D through addresses taken when the
-backward starts.
+backward starts. Larger CPU float states (any number of chunks, windows of at most
+:data:`MAX_THREADED_HISTORY`) keep the cut windows but run each step and each pull as one
+native call on PyTorch's OpenMP threads: one pass over the window and one over the ring,
+where ``addmv`` + ``mv`` + ``copy_`` pass over the ring twice and copy ds once more.
 """
 
 from __future__ import annotations
@@ -104,6 +107,10 @@ _POINTER, _INT64 = ctypes.c_void_p, ctypes.c_int64
 SIGNATURES: tuple[native.Signature, ...] = (
     ("mhc_tape_step", (_POINTER, _POINTER, _INT64), None),
     ("mhc_tape_pull", (_POINTER, _POINTER, _POINTER, _INT64), None),
+    ("mhc_tape_pull_state", (_POINTER,) * 4 + (_INT64, ctypes.c_int), None),
+    ("mhc_tape_step_rows", (_POINTER,) * 3 + (_INT64,) + (_POINTER,) * 2 + (_INT64, _POINTER,
+                                                                          _INT64, ctypes.c_int),
+     None),
 )
 
 
@@ -115,16 +122,22 @@ class _Addresses(ctypes.Structure):
                 ] + [(name, _INT64) for name in ("carried", "h", "n")]
 
 
-# States up to this many entries take the native kernels: above it a layer's arithmetic,
-# not its dispatch, sets the pace, and PyTorch's threaded operators win (measured on 2
-# cores, H=4: native faster at 4096 and 16384 entries, even at 32768, slower at 65536).
+# States up to this many entries take the one-thread native kernels: above it a layer's
+# arithmetic, not its dispatch, sets the pace, and threads win (measured on 2 cores, H=4:
+# one thread faster than PyTorch's threaded operators at 4096 and 16384 entries, even at
+# 32768, slower at 65536); larger states take the threaded step and pull.
 MAX_NATIVE_STATE = 1 << 14
 
 
+# Windows up to this many states take the threaded native pull (its per-thread dot products
+# live on the C stack: at most 64 threads x H entries).
+MAX_THREADED_HISTORY = 64
+
+
 def _native_kernels(x: Tensor) -> Mapping[str, Callable[..., Any]] | None:
-    """The tape's native kernels for states like ``x`` (a plain CPU float tensor of at most
-    :data:`MAX_NATIVE_STATE` entries, outside tracing), else None."""
-    if type(x) is not Tensor or x.numel() > MAX_NATIVE_STATE:
+    """The tape's native kernels for states like ``x`` (a plain CPU float tensor, outside
+    tracing), else None."""
+    if type(x) is not Tensor:
         return None
     return native.kernels_for(KERNELS, SIGNATURES, x.dtype, x.device)
 
@@ -153,11 +166,18 @@ class _Tape:
         self.norms = norms
         self.device_type = x.device.type
         self.autocast = torch.is_autocast_enabled(self.device_type)
-        # the case the steps handle inline: one chunk, skip paths with coefficient gradients,
-        # no highway capture, no autocast
-        self.plain = (len(chunks) == 1 and skip_grads and self.coefficient_grads
-                      and norms is None and not self.autocast)
-        self.kernels = _native_kernels(x) if self.plain else None
+        # skip paths with coefficient gradients, no highway capture, no autocast; with one
+        # chunk, the case the steps handle inline
+        common = (skip_grads and self.coefficient_grads and norms is None
+                  and not self.autocast)
+        self.plain = common and len(chunks) == 1
+        kernels = _native_kernels(x) if common else None
+        # small states: native steps and pulls; large: PyTorch's steps, the threaded pull
+        self.kernels = kernels if self.plain and n <= MAX_NATIVE_STATE else None
+        threaded = (kernels is not None and self.kernels is None
+                    and h <= MAX_THREADED_HISTORY)
+        self.pull_state = kernels["mhc_tape_pull_state"] if threaded else None
+        self.step_rows = kernels["mhc_tape_step_rows"] if threaded else None
         # ``.data`` gives every alias a version counter of its own (a view would share its
         # chunk's): the states handed to blocks, and the flat rows the steps write.
         self.states = [row.data for chunk in chunks
@@ -166,6 +186,9 @@ class _Tape:
             flat = [row.data for chunk in chunks for row in chunk.unbind(0)]
             self.targets, self.all_rows = flat[prefix:], flat
             self._cut_windows(chunks, size, self.coefficients.unbind(0))
+            if self.step_rows is not None:
+                self.threads = torch.get_num_threads()
+                self.row_steps = [self._row_step(layer) for layer in range(1, depth + 1)]
         else:
             # the native steps write through pointers (no version counter moves): the input's
             # row and the rows of the tail are plain views
@@ -177,6 +200,9 @@ class _Tape:
             self.addresses = _Addresses(arena=self.arena.data_ptr(),
                                         coefficients=self.coefficients.data_ptr(),
                                         carried=prefix, h=h, n=n)
+            self.addresses_pointer = ctypes.addressof(self.addresses)
+        if self.pull_state is not None:  # ring, P and D only: states come with each call
+            self.addresses = _Addresses(carried=prefix, h=h, n=n)
             self.addresses_pointer = ctypes.addressof(self.addresses)
         self.started = False  # whether the current backward pass has its ring and D
         self.ring: Tensor | None = None
@@ -217,6 +243,17 @@ class _Tape:
                     self.vectors[layer - 1] = rows[layer - 1][:head]
                     self.splits[layer - 1] = (chunk[:h - head].t(), rows[layer - 1][head:])
 
+    def _row_step(self, layer: int) -> tuple[int, ...]:
+        """The addresses and counts :data:`KERNELS`' ``mhc_tape_step_rows`` takes for
+        layer ``layer``'s window (rows, count, coefficients, and the same after a chunk
+        boundary), then N and the thread count."""
+        window, vector = self.windows[layer - 1], self.vectors[layer - 1]
+        split = self.splits[layer - 1]
+        rest = (0, 0, 0) if split is None else (
+            split[0].data_ptr(), split[1].numel(), split[1].data_ptr())
+        return (window.data_ptr(), vector.numel(), vector.data_ptr(), *rest,
+                window.shape[0], self.threads)
+
     def mix(self, layer: int, y: Tensor, target: Tensor) -> None:
         """target = y + C[l-1] @ window_l (flat)."""
         torch.addmv(y, self.windows[layer - 1], self.vectors[layer - 1], out=target)
@@ -251,11 +288,12 @@ class _Tape:
         if self.coefficient_grads:
             self.pairs = g.new_zeros((self.prefix + self.depth + 1, self.h))
             self.pair_rows = self.pairs.unbind(0)
-        if self.kernels is not None:
+        if self.kernels is not None or self.pull_state is not None:
             addresses = self.addresses
             addresses.ring = self.ring.data_ptr()
             addresses.pull = self.pull_matrix.data_ptr()
             addresses.pairs = self.pairs.data_ptr()
+            self.threads = torch.get_num_threads()
 
     def pull(self, t: int, grad: Tensor, saved: tuple[Tensor, ...]) -> Tensor | None:
         """ds_t (flat, 1 <= t <= L) from the engine's g_t plus the skip gradients of layers
@@ -368,7 +406,11 @@ class _Step(torch.autograd.Function):
         if flat_y.dtype != tape.dtype:
             flat_y = flat_y.to(tape.dtype)
         target = tape.targets[layer]
-        if tape.plain:  # the common case inline: a Python call here costs like the addmv
+        if tape.step_rows is not None:  # large states: one threaded pass
+            if not flat_y.is_contiguous():
+                flat_y = flat_y.contiguous()
+            tape.step_rows(flat_y.data_ptr(), target.data_ptr(), *tape.row_steps[layer - 1])
+        elif tape.plain:  # the common case inline: a Python call here costs like the addmv
             torch.addmv(flat_y, tape.windows[layer - 1], tape.vectors[layer - 1], out=target)
         elif tape.autocast:
             with torch.autocast(tape.device_type, enabled=False):
@@ -400,6 +442,14 @@ class _Step(torch.autograd.Function):
                 g = grad if grad.is_contiguous() else grad.contiguous()
                 ds = torch.empty_like(g)
                 tape.native_pull(g.data_ptr(), ds.data_ptr(), tape.addresses_pointer, layer)
+                return ds, None, None, None
+            if tape.pull_state is not None:
+                # the same in one threaded pass over the ring, for a state of any chunk
+                g = grad if grad.is_contiguous() else grad.contiguous()
+                ds = torch.empty_like(g)
+                state = (saved if first else ctx.saved_tensors)[0]
+                tape.pull_state(g.data_ptr(), ds.data_ptr(), state.data_ptr(),
+                                tape.addresses_pointer, layer, tape.threads)
                 return ds, None, None, None
             if tape.plain:
                 # tape.pull inline for the common case (skip paths, coefficient gradients,

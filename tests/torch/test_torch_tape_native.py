@@ -1,6 +1,7 @@
 """The tape's native steps (mhc_torch/tape_kernels.c) against its PyTorch operations: the same
 states and gradients in float64 and float32, with strided block outputs and gradients, and
-the native path taken only where it applies (small CPU float states in plain eager mode)."""
+the native path taken only where it applies (small CPU float states in plain eager mode; the
+threaded step and pull for larger ones, in arenas of one chunk or several)."""
 
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ class Strided(nn.Module):
 
 
 def run(model: MHCSequential, x: torch.Tensor, g: torch.Tensor, native: bool,
-        monkeypatch: pytest.MonkeyPatch, history: tuple[torch.Tensor, ...]
-        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        monkeypatch: pytest.MonkeyPatch, history: tuple[torch.Tensor, ...],
+        path: str = "kernels") -> tuple[torch.Tensor, list[torch.Tensor]]:
     monkeypatch.setenv("MHC_NATIVE_KERNELS", "1" if native else "0")
     model.reset_history()
     for state in history:
@@ -46,18 +47,20 @@ def run(model: MHCSequential, x: torch.Tensor, g: torch.Tensor, native: bool,
     model.zero_grad(set_to_none=True)
     x = x.clone().requires_grad_()
     out = model(x)
-    assert (out.grad_fn.tape.kernels is not None) == native
+    assert (getattr(out.grad_fn.tape, path) is not None) == native
     out.backward(g)
     return out.detach(), [x.grad] + [p.grad for p in model.parameters()]
 
 
 def compare(model: MHCSequential, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch,
-            tolerance: float, history: tuple[torch.Tensor, ...] = ()) -> None:
-    """Native against operations from the same carried ``history``, each tensor within
-    ``tolerance`` of its largest entry (the two sum in different orders)."""
+            tolerance: float, history: tuple[torch.Tensor, ...] = (),
+            path: str = "kernels") -> None:
+    """Native (the tape's ``path``: ``kernels`` or ``pull_state``) against operations from
+    the same carried ``history``, each tensor within ``tolerance`` of its largest entry
+    (the two sum in different orders)."""
     g = torch.randn_like(x)
-    expected, expected_grads = run(model, x, g, False, monkeypatch, history)
-    out, grads = run(model, x, g, True, monkeypatch, history)
+    expected, expected_grads = run(model, x, g, False, monkeypatch, history, path)
+    out, grads = run(model, x, g, True, monkeypatch, history, path)
     for ours, theirs in zip([out, *grads], [expected, *expected_grads], strict=True):
         torch.testing.assert_close(ours, theirs, rtol=0,
                                    atol=tolerance * float(theirs.abs().max()))
@@ -152,9 +155,68 @@ def test_an_outer_activation_checkpoint_gives_the_same_gradients(reentrant: bool
         torch.testing.assert_close(checkpointed, plain, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize(("shape", "dtype"), [
-    ((mhc_torch.tape.MAX_NATIVE_STATE + 1,), torch.float32), ((8, 8), torch.bfloat16)])
-def test_large_or_low_precision_states_take_the_operations(shape, dtype) -> None:
+def test_large_states_take_the_threaded_kernels_and_low_precision_the_operations() -> None:
     model = MHCSequential([nn.Identity() for _ in range(3)], max_history=2, mode="hc")
-    out = model(torch.randn(*shape).to(dtype).requires_grad_())
-    assert out.grad_fn.tape.kernels is None
+    large = model(torch.randn(mhc_torch.tape.MAX_NATIVE_STATE + 1).requires_grad_())
+    assert large.grad_fn.tape.kernels is None and large.grad_fn.tape.pull_state is not None
+    low = model(torch.randn(8, 8).bfloat16().requires_grad_())
+    assert low.grad_fn.tape.kernels is None and low.grad_fn.tape.pull_state is None
+
+
+def test_long_windows_take_the_operations() -> None:
+    h = mhc_torch.tape.MAX_THREADED_HISTORY + 1
+    model = MHCSequential([nn.Identity() for _ in range(3)], max_history=h, mode="hc")
+    out = model(torch.randn(mhc_torch.tape.MAX_NATIVE_STATE + 1).requires_grad_())
+    assert out.grad_fn.tape.pull_state is None and out.grad_fn.tape.step_rows is None
+
+
+class Gate(nn.Module):
+    """y = tanh(w * x): an elementwise block, cheap at any state size."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.weight * x)
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 3, 5])
+@pytest.mark.parametrize("h", [2, 4, 8])
+@pytest.mark.parametrize("carry", [False, True])
+def test_threaded_steps_equal_the_operations_across_chunks(
+        monkeypatch, chunk_rows: int | None, h: int, carry: bool) -> None:
+    """Small states sent down the large states' path, in arenas whose windows cross chunk
+    boundaries (``chunk_rows`` rows a chunk; None: one chunk)."""
+    monkeypatch.setattr(mhc_torch.tape, "MAX_NATIVE_STATE", 0)
+    width = 6
+    if chunk_rows is not None:
+        monkeypatch.setattr(mhc_torch.tape, "CHUNK_BYTES", chunk_rows * 3 * width * 8)
+    torch.manual_seed(h)
+    model = MHCSequential([Gate(width) for _ in range(11)], max_history=h, mode="mhc",
+                          carry_history=carry).double()
+    with torch.no_grad():
+        model.theta.copy_(torch.randn_like(model.theta))
+    history: tuple[torch.Tensor, ...] = ()
+    if carry:
+        model(torch.randn(3, width, dtype=torch.float64))
+        history = model.history.states
+    compare(model, torch.randn(3, width, dtype=torch.float64), monkeypatch, 1e-12, history,
+            path="pull_state")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threaded_steps_equal_the_operations_on_a_large_state(monkeypatch, threads: int) -> None:
+    """States past the kernels' threading grain (32768 entries), on 1 and 2 threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(threads)
+        model = MHCSequential([Gate(20000) for _ in range(9)], max_history=4, mode="mhc")
+        model.double()
+        with torch.no_grad():
+            model.theta.copy_(torch.randn_like(model.theta))
+        compare(model, torch.randn(2, 20000, dtype=torch.float64), monkeypatch, 1e-12,
+                path="pull_state")
+    finally:
+        torch.set_num_threads(before)
