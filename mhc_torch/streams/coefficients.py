@@ -151,10 +151,14 @@ def dynamic_coefficients(streams: Tensor, params: LayerParameters, eps: float,
     count, n, width = streams.shape
     dtype = compute_dtype(streams, params.projection)
     flat = as_dtype(streams.reshape(count, n * width), dtype)
-    inverse_rms = torch.linalg.vector_norm(flat, dim=1)
-    inverse_rms.square_().div_(n * width).add_(eps).rsqrt_()
+    native = kernels.usable(dtype, flat.device)
+    if native and flat.is_contiguous():
+        inverse_rms = kernels.inverse_rms(flat, eps)
+    else:
+        inverse_rms = torch.linalg.vector_norm(flat, dim=1)
+        inverse_rms.square_().div_(n * width).add_(eps).rsqrt_()
     raw = torch.mm(flat, as_dtype(params.projection, dtype))
-    if kernels.usable(dtype, raw.device):
+    if native:
         out = kernels.coefficients_forward(raw, inverse_rms, as_dtype(params.scale, dtype),
                                            as_dtype(params.bias, dtype), n, iterations)
         return DynamicCoefficients(
@@ -208,22 +212,26 @@ def dynamic_coefficients_backward(
     it in place and returns t = -<dz s, x @ Phi> / (nC r^3) (B,), so that dLoss/dx through
     the coefficients is complete once the caller adds t x (fused with its own terms)."""
     dtype = saved.flat.dtype
+    scale = as_dtype(params.scale, dtype)
     if saved.native_logits is not None:
-        dlogits = kernels.coefficients_backward(d_hpre, d_hpost, d_res, saved.slopes,
-                                                saved.native_logits, saved.iterations)
+        dz_w = kernels.coefficients_backward(d_hpre, d_hpost, d_res, saved.slopes,
+                                             saved.native_logits, saved.iterations)
+        dbias, dscale, through_rms = kernels.coefficients_reduce(
+            dz_w, saved.raw, saved.weight, saved.inverse_rms, scale,
+            None if d_flat is None else d_flat.shape[1])
     else:
         dlogits = _logits_backward(saved, d_hpre, d_hpost, d_res)
-    dbias = dlogits.sum(dim=0)
-    scaled_raw = dlogits * saved.raw
-    dscale = torch.mv(scaled_raw.t(), saved.inverse_rms)
-    dz_w = dlogits.mul_(saved.weight)
+        dbias = dlogits.sum(dim=0)
+        scaled_raw = dlogits * saved.raw
+        dscale = torch.mv(scaled_raw.t(), saved.inverse_rms)
+        # Through r: d(1/r)/dx = -x / (nC r^3), times dLoss/d(1/r) = <dz s, x @ Phi>.
+        through_rms = None if d_flat is None else torch.mv(scaled_raw, scale).mul_(
+            saved.inverse_rms.pow(3)).div_(-d_flat.shape[1])
+        dz_w = dlogits.mul_(saved.weight)
     # (dz w)^T x, transposed back: ~2x faster than x^T (dz w) for this skinny product.
     dprojection = torch.mm(dz_w.t(), saved.flat).t()
     if d_flat is None:
         return dprojection, dscale, dbias, None
-    # Through r: d(1/r)/dx = -x / (nC r^3), times dLoss/d(1/r) = <dz s, x @ Phi>.
-    through_rms = torch.mv(scaled_raw, as_dtype(params.scale, dtype))
-    through_rms.mul_(saved.inverse_rms.pow(3)).div_(-d_flat.shape[1])
     projection = as_dtype(params.projection, dtype)
     if d_flat.dtype == dtype:
         d_flat.addmm_(dz_w, projection.t())

@@ -17,6 +17,9 @@
  * BLOCK tokens laid out token-last so that every step is a vector operation over the block. The
  * backward recomputes the 2T + 1 iterates of its block instead of reading saved ones.
  *
+ * Around the projection's matmuls, 1/r per token and the token sums of its reverse mode
+ * replace a handful of small PyTorch calls each.
+ *
  * The stream kernels do in one pass over a token's streams X (n, C) what PyTorch does in
  * two to four (batched products, outer products): the update X_next = Hres X + Hpost y, its
  * reverse mode, and the read's additions to dX. Every kernel splits its tokens over
@@ -202,6 +205,46 @@ int NAME(mhc_stream_coefficients_backward)(
         free(grad);
     }
     return status;
+}
+
+/* 1/r = (mean(x^2) + eps)^(-1/2) per token of x (tokens, features), summed in double. */
+void NAME(mhc_stream_inverse_rms)(const REAL *restrict flat, int64_t tokens, int64_t features,
+                                  double eps, REAL *restrict inverse_rms, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static) \
+        if (threads > 1 && tokens * features >= GRAIN)
+    for (int64_t t = 0; t < tokens; ++t) {
+        const REAL *x = flat + t * features;
+        double sum = 0;
+        #pragma omp simd reduction(+ : sum)
+        for (int64_t c = 0; c < features; ++c) sum += (double)x[c] * x[c];
+        inverse_rms[t] = (REAL)(1.0 / sqrt(sum / features + eps));
+    }
+}
+
+/* The token sums of the projection's reverse mode, from dz (tokens, K), raw = x @ Phi,
+ * w = s / r (tokens, K), 1/r (tokens,) and s (K,): dbeta = sum_t dz, ds = sum_t dz raw / r,
+ * dz becomes dz w in place, and (unless NULL) t = -<dz s, raw> / (features r^3) per token.
+ * Summed in token order on one thread: (tokens, K) is a few thousand entries. */
+void NAME(mhc_stream_coefficients_reduce)(
+        REAL *restrict dz, const REAL *restrict raw, const REAL *restrict weight,
+        const REAL *restrict inverse_rms, const REAL *restrict scale, int64_t tokens, int width,
+        int64_t features, REAL *restrict d_bias, REAL *restrict d_scale,
+        REAL *restrict through_rms) {
+    for (int k = 0; k < width; ++k) d_bias[k] = d_scale[k] = 0;
+    for (int64_t t = 0; t < tokens; ++t) {
+        REAL *d = dz + t * width;
+        const REAL *r = raw + t * width, *w = weight + t * width, inverse = inverse_rms[t];
+        REAL along = 0;
+        for (int k = 0; k < width; ++k) {
+            const REAL scaled = d[k] * r[k];
+            d_bias[k] += d[k];
+            d_scale[k] += scaled * inverse;
+            along += scaled * scale[k];
+            d[k] *= w[k];
+        }
+        if (through_rms != NULL)
+            through_rms[t] = -along * inverse * inverse * inverse / (REAL)features;
+    }
 }
 
 /* out = Hres X + Hpost y per token: out[t, i, :] = sum_j Hres[t, i, j] X[t, j, :]

@@ -42,6 +42,10 @@ SIGNATURES: tuple[native.Signature, ...] = (
      (_POINTER,) * 4 + (_INT64, _INT, _INT) + (_POINTER,) * 6 + (_INT,), _INT),
     ("mhc_stream_coefficients_backward",
      (_POINTER,) * 5 + (_INT64, _INT, _INT, _POINTER, _INT), _INT),
+    ("mhc_stream_inverse_rms", (_POINTER, _INT64, _INT64, ctypes.c_double, _POINTER, _INT),
+     None),
+    ("mhc_stream_coefficients_reduce",
+     (_POINTER,) * 5 + (_INT64, _INT, _INT64) + (_POINTER,) * 3, None),
     ("mhc_stream_update_forward", (_POINTER,) * 5 + (_INT64, _INT, _INT64, _INT), None),
     ("mhc_stream_update_backward", (_POINTER,) * 9 + (_INT64, _INT, _INT64, _INT), None),
     ("mhc_stream_read_backward", (_POINTER,) * 5 + (_INT64, _INT, _INT64, _INT), None),
@@ -106,6 +110,41 @@ def coefficients_backward(d_hpre: Tensor, d_hpost: Tensor, d_hres: Tensor, slope
     _check(backward(*(t.data_ptr() for t in inputs), count, n, iterations,
                     d_logits.data_ptr(), torch.get_num_threads()))
     return d_logits
+
+
+def inverse_rms(flat: Tensor, eps: float) -> Tensor:
+    """1/r = (mean(x^2) + eps)^(-1/2) (B,) for x (B, F), a contiguous tensor of a compiled
+    dtype."""
+    if not flat.is_contiguous() or flat.dim() != 2:
+        raise ValueError(f"native coefficient kernel: x must be a contiguous (B, F) tensor, "
+                         f"got shape {tuple(flat.shape)} with strides {flat.stride()}")
+    count, features = flat.shape
+    out = flat.new_empty((count,))
+    _bound(flat.dtype)["mhc_stream_inverse_rms"](flat.data_ptr(), count, features, eps,
+                                                 out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def coefficients_reduce(dz: Tensor, raw: Tensor, weight: Tensor, inverse_rms: Tensor,
+                        scale: Tensor, features: int | None
+                        ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(dbeta (K,), ds (K,), t (B,) or None when ``features`` is None) from dz, raw, w (B, K),
+    1/r (B,) and s (K,); dz becomes dz w in place (see kernels.c)."""
+    count, width = dz.shape
+    shapes = {"dz": (count, width), "raw": (count, width), "weight": (count, width),
+              "inverse_rms": (count,), "scale": (width,)}
+    _, raw, weight, inverse_rms, scale = _contiguous(
+        shapes, dz.dtype, dz=dz, raw=raw, weight=weight, inverse_rms=inverse_rms, scale=scale)
+    if not dz.is_contiguous():
+        raise ValueError("native coefficient kernel: dz must be contiguous (written in place)")
+    d_bias, d_scale = dz.new_empty((width,)), dz.new_empty((width,))
+    through_rms = None if features is None else dz.new_empty((count,))
+    _bound(dz.dtype)["mhc_stream_coefficients_reduce"](
+        dz.data_ptr(), raw.data_ptr(), weight.data_ptr(), inverse_rms.data_ptr(),
+        scale.data_ptr(), count, width, 0 if features is None else features,
+        d_bias.data_ptr(), d_scale.data_ptr(),
+        None if through_rms is None else through_rms.data_ptr())
+    return d_bias, d_scale, through_rms
 
 
 def streams_usable(*tensors: Tensor) -> bool:

@@ -190,3 +190,44 @@ def test_a_compiler_without_openmp_gives_a_serial_library(
              d["hpost"].data_ptr(), out.data_ptr(), 3, 2, 5, 2)
     torch.testing.assert_close(
         out, d["hres"] @ d["streams"] + d["hpost"].unsqueeze(-1) * d["y"].unsqueeze(-2))
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize(("tokens", "features"), [(1, 1), (5, 7), (40, 2048), (300, 64)])
+def test_inverse_rms_equals_the_formula(dtype: torch.dtype, tokens: int, features: int) -> None:
+    x = torch.randn(tokens, features, generator=torch.Generator().manual_seed(features),
+                    dtype=F64).to(dtype)
+    want = torch.rsqrt(x.double().square().mean(dim=1) + 1e-6)
+    got = kernels.inverse_rms(x, 1e-6)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, **TOLERANCE[dtype])
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.inverse_rms(torch.randn(4, 6, dtype=dtype)[:, ::2], 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("features", [None, 512])
+def test_coefficient_sums_equal_the_operations(dtype: torch.dtype, features: int | None
+                                               ) -> None:
+    generator = torch.Generator().manual_seed(7)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator, dtype=F64).to(dtype)
+
+    dz, raw, weight, scale = randn(37, 24), randn(37, 24), randn(37, 24), randn(24)
+    inverse_rms = randn(37).abs() + 0.5
+    want_bias, want_scale = dz.sum(0), (dz * raw).t() @ inverse_rms
+    want_through = None if features is None else (
+        -((dz * raw) @ scale) * inverse_rms ** 3 / features)
+    want_dz = dz * weight
+    d_bias, d_scale, through = kernels.coefficients_reduce(dz, raw, weight, inverse_rms, scale,
+                                                           features)
+    torch.testing.assert_close(dz, want_dz, **TOLERANCE[dtype])  # dz w, in place
+    torch.testing.assert_close(d_bias, want_bias, **TOLERANCE[dtype])
+    torch.testing.assert_close(d_scale, want_scale, **TOLERANCE[dtype])
+    if features is None:
+        assert through is None
+    else:
+        torch.testing.assert_close(through, want_through, **TOLERANCE[dtype])
+    with pytest.raises(ValueError, match=r"scale is .* shape \(23,\), expected .* \(24,\)"):
+        kernels.coefficients_reduce(dz, raw, weight, inverse_rms, scale[:23], features)
