@@ -41,15 +41,19 @@ RULES: tuple[tuple[str, str], ...] = (
     ("coefficient", COEFFICIENTS),
     ("benchmarks/torch_stacks.py", MIX),   # the residual stack's h + F(h)
 )
-# The native coefficient call of kernels.py computes the gates, and for a Sinkhorn stack
-# Sinkhorn too, which is nearly all of its time: it is Sinkhorn there and coefficient
-# projection otherwise. Its stream kernels (the update, its backward, the read's dX terms)
-# are stream mix.
+# The native coefficient calls of kernels.py (coefficients_forward/backward) compute the
+# gates, and for a Sinkhorn stack Sinkhorn too, which is nearly all of their time: they are
+# Sinkhorn there and coefficient projection otherwise. Its other kernels are named by
+# function: 1/r and the projection's token sums are coefficient projection; the update, its
+# backward and the read's dX terms are stream mix.
 NATIVE_KERNELS = "mhc_torch/streams/kernels.py"
-STREAM_KERNELS = tuple((f"): {function}", MIX)
-                       for function in ("update_forward", "update_backward", "read_backward"))
-SINKHORN_RULES = (*STREAM_KERNELS, (NATIVE_KERNELS, SINKHORN), *RULES)
-COEFFICIENT_RULES = (*STREAM_KERNELS, (NATIVE_KERNELS, COEFFICIENTS), *RULES)
+NAMED_KERNELS = (
+    *((f"): {function}", COEFFICIENTS) for function in ("inverse_rms", "coefficients_reduce")),
+    *((f"): {function}", MIX)
+      for function in ("update_forward", "update_backward", "read_backward")),
+)
+SINKHORN_RULES = (*NAMED_KERNELS, (NATIVE_KERNELS, SINKHORN), *RULES)
+COEFFICIENT_RULES = (*NAMED_KERNELS, (NATIVE_KERNELS, COEFFICIENTS), *RULES)
 PYTHON = "Python and autograd (outside aten operators)"
 TOP_OPERATORS = 4
 FORWARD_SCOPE = "mhc_bench.forward"

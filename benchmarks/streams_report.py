@@ -112,12 +112,13 @@ def profile_lines(payload: dict) -> list[str]:
             f"One profiled run of {steps} steps per stack after 2 warm-up steps, "
             "`with_stack=True`; each event's self time goes to the innermost Python function "
             "or operator naming a part (torch.nn's Linear: branch; `sinkhorn*`, and in the mhc "
-            "stacks the native call of `streams/kernels.py` (the gates with Sinkhorn): "
-            "Sinkhorn; "
-            "`branch_input` and `mixing.py` (the read-in u = sum_i Hpre[i] X[i], the update "
-            "X_next = Hres X + Hpost y, their backward) and the residual's add: stream mix; "
-            "`coefficients.py` (RMSNorm, x' @ phi, sigmoids, their backward) and the hc "
-            "stacks' native call (the gates): coefficient "
+            "stacks the native coefficient call of `streams/kernels.py` (the gates with "
+            "Sinkhorn): Sinkhorn; "
+            "`branch_input`, `mixing.py` and the native stream kernels (the read-in "
+            "u = sum_i Hpre[i] X[i], the update X_next = Hres X + Hpost y, their backward) "
+            "and the residual's add: stream mix; "
+            "`coefficients.py` and its native kernels (RMSNorm, x' @ phi, sigmoids, their "
+            "backward) and the hc stacks' native coefficient call (the gates): coefficient "
             "projection; the rest, e.g. expand, reduce, the layer loop, gradient "
             "accumulation: other); autograd-engine operators take the part of the forward "
             "operator that created them (sequence number). The profiler adds a cost to every "
@@ -130,8 +131,8 @@ def profile_lines(payload: dict) -> list[str]:
 def _operators(part: dict, count: int | None = None) -> str:
     """``count`` (default all) recorded costliest operators as `name` us (calls)."""
     def one(name: str, micros: float, calls: float) -> str:
-        if name == PYTHON:
-            return f"Python and autograd outside operators {micros:.0f} us"
+        if name == PYTHON:  # ctypes calls are not operators: the native kernels count here
+            return f"Python, autograd and native kernels outside operators {micros:.0f} us"
         return f"`{name}` {micros:.0f} us ({calls:.0f} call{'s' if round(calls) != 1 else ''})"
 
     return ", ".join(one(*entry) for entry in part.get("top_operators", [])[:count])
@@ -178,7 +179,7 @@ def sinkhorn_sentence(payload: dict, sinkhorn: dict, per_call: float) -> str:
     if payload.get("native_kernels"):
         return (f"(3) Sinkhorn: one native C call per direction and layer (with the gates; "
                 f"double precision, {batch} matrices in blocks of 32 vectorised over the "
-                "tokens, the backward recomputing the iterates), "
+                "tokens and split over the threads, the backward recomputing the iterates), "
                 f"{sinkhorn['us_per_layer']:.0f} us per layer and step profiled; the PyTorch "
                 f"operations it replaces take 2T + 2 = {2 * iterations + 2} calls per "
                 "direction at a fixed cost each.")
@@ -235,12 +236,13 @@ def paper_lines(payload: dict) -> list[str]:
         f"{allowed_us:.0f} us, a gap of {extra_us / allowed_us:.0f}x. {split}"
         "Why, part by part (profiled figures from the table above): "
         f"(1) Carrying the streams: the state is n x B x C = {state_mib:.1f} MiB per layer "
-        f"against the residual's {state_mib / n:.1f} MiB, and ours passes it through "
+        f"against the residual's {state_mib / n:.1f} MiB; ours reads it in (u = Hpre X, a "
+        f"batched product of {batch} (1 x {n}) x ({n} x {width}) matrices), updates it in "
+        "one native pass (Hres X + Hpost y) and in backward makes two more (the update's "
+        "reverse mode; the read's terms of dX) and one batched product (dHpre = du X^T), "
         f"{mix['aten_calls_per_layer']:.0f} operator calls per layer and step, views "
-        "included (read-in, Hres X + Hpost y and their backward, batched products of "
-        f"{batch} ({n} x {n}) x ({n} x {width}) matrices), {mix['us_per_layer']:.0f} us "
-        f"(mostly {_operators(mix, 2)}){residual_add}; the paper's kernels read and write "
-        "the state once per layer. "
+        f"included, {mix['us_per_layer']:.0f} us (mostly {_operators(mix, 2)})"
+        f"{residual_add}; the paper's kernels read and write the state once per layer. "
         f"(2) Coefficients: x' (B, nC) @ phi (nC, n^2 + 2n) is "
         f"{projection_flops / 1e6:.0f} Mflop forward against the branch's "
         f"{branch_flops / 1e6:.0f} Mflop, n (n^2 + 2n) / C = "
@@ -252,9 +254,10 @@ def paper_lines(payload: dict) -> list[str]:
         "(1) and (3) are per-layer costs of un-fused eager execution that do not grow with "
         "the branch, and the paper's branches are whole attention and FFN blocks at those "
         "widths, many times this one Linear, so the same absolute extra is a far smaller "
-        "fraction there; what would close the gap at this shape is fusion: one pass over "
-        "the state per layer for the update and one kernel for RMSNorm, projection and "
-        "Sinkhorn."
+        "fraction there. What is left at this shape: the projection's three GEMMs (forward, "
+        "dPhi, dx), which the paper's kernel shares with RMSNorm and Sinkhorn; the passes "
+        "over the state that still stand apart (the read-in, dHpre, the GEMMs' reads); and "
+        "the Python and autograd work of two nodes per layer."
     )
     return [*title, text, ""]
 
