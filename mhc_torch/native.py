@@ -5,8 +5,10 @@ No build step at install time and no dependence on PyTorch's C++ ABI: a kernel r
 writes the memory of contiguous CPU tensors through their data pointers. Kernels that split
 work across threads do so with OpenMP, given PyTorch's thread count per call; the library
 links ``libgomp.so.1``, which on Linux wheels of PyTorch is the runtime PyTorch has already
-loaded, so the kernels run on PyTorch's own thread pool (a second pool would contend with it
-for the cores). Where the compiler has no OpenMP the same source is built serial. Each source is
+loaded, so the kernels run on PyTorch's own thread pool. Where PyTorch has not loaded that
+runtime (another OpenMP, another platform) a second pool would contend with PyTorch's for
+the cores, and where the compiler has no OpenMP it cannot be built: there the same source
+is built serial. Each source is
 compiled twice (``float`` and ``double``) into one shared library whose file name holds a
 hash of the source, the flags, the compiler's version and the CPU (the code is tuned with
 ``-march=native``), so a cache shared between machines never serves a wrong binary.
@@ -40,8 +42,8 @@ from typing import Any
 import torch
 
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-std=c11")
-# Tried in order: OpenMP threads, else vectorisation hints only (the pragmas compile serial).
-THREADING = (("-fopenmp",), ("-fopenmp-simd",))
+OPENMP, SERIAL = ("-fopenmp",), ("-fopenmp-simd",)  # serial: the pragmas vectorise only
+RUNTIME = "libgomp.so.1"  # the OpenMP runtime a -fopenmp build links (GCC's)
 ELEMENT_TYPES = {"f32": "float", "f64": "double"}
 SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}  # the dtypes the kernels take
 _LOCK = threading.Lock()
@@ -89,9 +91,26 @@ def _run(command: list[str]) -> str:
     return done.stdout
 
 
+def shares_pytorch_runtime(maps: Path = Path("/proc/self/maps")) -> bool:
+    """Whether this process has ``libgomp.so.1`` loaded (PyTorch's Linux wheels bring it), so
+    that a library linking it joins that runtime's pool instead of starting one."""
+    try:
+        lines = maps.read_text().splitlines()
+    except OSError:
+        return False
+    return any(Path(line.split()[-1]).name.startswith(RUNTIME)
+               for line in lines if line.split())
+
+
+def recipes() -> tuple[tuple[str, ...], ...]:
+    """The threading flags to try in order: OpenMP first where it would share PyTorch's
+    runtime, then serial."""
+    return (OPENMP, SERIAL) if shares_pytorch_runtime() else (SERIAL,)
+
+
 def _commands(compiler: list[str], source: Path, scratch: Path, library: Path,
               parallel: tuple[str, ...]) -> list[list[str]]:
-    """One compile per element type, then the link; ``parallel`` is one of THREADING."""
+    """One compile per element type, then the link; ``parallel`` is OPENMP or SERIAL."""
     objects = [scratch / f"{suffix}.o" for suffix in ELEMENT_TYPES]
     compiles = [[*compiler, *FLAGS, *parallel, f"-DREAL={element}", f"-DNAME(f)=f##_{suffix}",
                  "-c", str(source), "-o", str(obj)]
@@ -103,13 +122,14 @@ def _commands(compiler: list[str], source: Path, scratch: Path, library: Path,
 def build(source: Path, directory: Path, compiler: str) -> Path:
     """The shared library of ``source`` in ``directory``, compiled unless already there;
     ``compiler`` is a command line (``CC``, e.g. ``"ccache gcc"``). Built with OpenMP where
-    the compiler has it, else serial; the first recipe's error is raised if none works."""
+    that shares PyTorch's runtime and the compiler has it, else serial (:func:`recipes`);
+    the first recipe's error is raised if none works."""
     command = shlex.split(compiler)
     if not command or shutil.which(command[0]) is None:
         raise NativeUnavailable(f"no C compiler: {compiler!r} is not on PATH (set CC)")
     version = (_run([*command, "--version"]).splitlines() or ["unknown version"])[0]
     errors = []
-    for parallel in THREADING:
+    for parallel in recipes():
         try:
             return _build(command, version, source, directory, parallel)
         except NativeUnavailable as error:

@@ -172,7 +172,8 @@ class _Tape:
                   and not self.autocast)
         self.plain = common and len(chunks) == 1
         kernels = _native_kernels(x) if common else None
-        # small states: native steps and pulls; large: PyTorch's steps, the threaded pull
+        # small states in one chunk: the one-thread native step and pull; larger states
+        # (any chunks, windows up to MAX_THREADED_HISTORY): the threaded step and pull
         self.kernels = kernels if self.plain and n <= MAX_NATIVE_STATE else None
         threaded = (kernels is not None and self.kernels is None
                     and h <= MAX_THREADED_HISTORY)

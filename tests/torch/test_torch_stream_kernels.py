@@ -231,3 +231,29 @@ def test_coefficient_sums_equal_the_operations(dtype: torch.dtype, features: int
         torch.testing.assert_close(through, want_through, **TOLERANCE[dtype])
     with pytest.raises(ValueError, match=r"scale is .* shape \(23,\), expected .* \(24,\)"):
         kernels.coefficients_reduce(dz, raw, weight, inverse_rms, scale[:23], features)
+
+
+def test_without_pytorchs_openmp_runtime_the_kernels_build_serial(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    commands: list[list[str]] = []
+    run = native._run
+
+    def recording(command: list[str]) -> str:
+        commands.append(command)
+        return run(command)
+
+    monkeypatch.setattr(native, "shares_pytorch_runtime", lambda: False)
+    monkeypatch.setattr(native, "_run", recording)
+    native.build(kernels.SOURCE, tmp_path, "cc")
+    assert not any("-fopenmp" in command for command in commands)
+    assert any("-fopenmp-simd" in command for command in commands)
+
+
+def test_the_runtime_is_recognised_by_its_soname(tmp_path: Path) -> None:
+    maps = tmp_path / "maps"
+    anonymous = "7f00-7f01 rw-p 00000000 00:00 0\n"
+    maps.write_text(anonymous + "7f02-7f03 r-xp 00000000 08:01 42 /opt/x/libgomp-ab12.so.1\n")
+    assert not native.shares_pytorch_runtime(maps)  # a vendored copy nobody links against
+    maps.write_text(anonymous + "7f02-7f03 r-xp 00000000 08:01 42 /opt/torch/lib/libgomp.so.1\n")
+    assert native.shares_pytorch_runtime(maps)
+    assert not native.shares_pytorch_runtime(tmp_path / "missing")
