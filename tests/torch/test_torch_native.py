@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -16,6 +17,9 @@ from torch import nn
 from mhc_torch import StreamSequential, native
 from mhc_torch.streams import kernels
 from mhc_torch.streams.sinkhorn import sinkhorn_reference
+
+if TYPE_CHECKING:
+    from tests.torch.conftest import CommandLog
 
 F64 = torch.float64
 
@@ -180,20 +184,11 @@ def test_every_dtype_the_kernels_take_is_compiled() -> None:
 
 
 def test_build_compiles_once_then_reuses_the_cached_library(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    commands: list[list[str]] = []
-    run = native._run
-
-    def counting(command: list[str]) -> str:
-        commands.append(command)
-        return run(command)
-
-    monkeypatch.setattr(native, "_run", counting)
+        tmp_path: Path, compile_log: CommandLog) -> None:
     first = native.build(kernels.SOURCE, tmp_path, "cc")
-    compiles = sum("-c" in command for command in commands)
-    assert compiles == 2  # float and double
+    assert compile_log.count("-c") == 2  # float and double
     assert native.build(kernels.SOURCE, tmp_path, "cc") == first
-    assert sum("-c" in command for command in commands) == compiles
+    assert compile_log.count("-c") == 2
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no scratch left behind
 
 

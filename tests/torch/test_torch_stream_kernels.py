@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -16,6 +17,9 @@ from torch import nn
 
 from mhc_torch import StreamSequential, native
 from mhc_torch.streams import kernels
+
+if TYPE_CHECKING:
+    from tests.torch.conftest import CommandLog
 
 F64 = torch.float64
 # (tokens, n, C): odd widths leave vector remainders; the last two pass the threading grain.
@@ -168,19 +172,10 @@ def test_the_kernels_run_on_pytorchs_openmp_runtime() -> None:
 
 
 def test_a_compiler_without_openmp_gives_a_serial_library(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    commands: list[list[str]] = []
-    run = native._run
-
-    def without_openmp(command: list[str]) -> str:
-        commands.append(command)
-        if "-fopenmp" in command:
-            raise native.NativeUnavailable("unrecognized option '-fopenmp'")
-        return run(command)
-
-    monkeypatch.setattr(native, "_run", without_openmp)
+        tmp_path: Path, compile_log: CommandLog) -> None:
+    compile_log.refused = {"-fopenmp"}
     library = native.build(kernels.SOURCE, tmp_path, "cc")
-    assert any("-fopenmp-simd" in command for command in commands)
+    assert compile_log.count("-fopenmp-simd") == 3  # two compiles and the link
     function = ctypes.CDLL(str(library)).mhc_stream_update_forward_f64
     d = draw(3, 2, 5, F64)
     out = torch.empty_like(d["streams"])
@@ -234,19 +229,11 @@ def test_coefficient_sums_equal_the_operations(dtype: torch.dtype, features: int
 
 
 def test_without_pytorchs_openmp_runtime_the_kernels_build_serial(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    commands: list[list[str]] = []
-    run = native._run
-
-    def recording(command: list[str]) -> str:
-        commands.append(command)
-        return run(command)
-
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compile_log: CommandLog) -> None:
     monkeypatch.setattr(native, "shares_pytorch_runtime", lambda: False)
-    monkeypatch.setattr(native, "_run", recording)
     native.build(kernels.SOURCE, tmp_path, "cc")
-    assert not any("-fopenmp" in command for command in commands)
-    assert any("-fopenmp-simd" in command for command in commands)
+    assert compile_log.count("-fopenmp") == 0
+    assert compile_log.count("-fopenmp-simd") == 3
 
 
 def test_the_runtime_is_recognised_by_its_soname(tmp_path: Path) -> None:
