@@ -159,6 +159,10 @@ def _check_streams(streams: Tensor, **tensors: Tensor) -> None:
     """Each tensor of the shape the stream kernels take on trust for X (B, n, C), named by
     its dimensions: ``token`` (B,), ``row`` (B, C), ``vector`` (B, n), ``matrix`` (B, n, n),
     ``state`` (B, n, C)."""
+    if streams.dim() != 3 or not streams.is_contiguous():
+        raise ValueError(f"native stream kernel: streams must be a contiguous (B, n, C) "
+                         f"tensor, got shape {tuple(streams.shape)} with strides "
+                         f"{streams.stride()}")
     count, n, width = streams.shape
     shapes = {"token": (count,), "row": (count, width), "vector": (count, n),
               "matrix": (count, n, n), "state": (count, n, width)}

@@ -115,6 +115,9 @@ def test_the_wrappers_refuse_what_the_c_code_would_misread() -> None:
     with pytest.raises(ValueError, match=r"hres is .* shape \(4, 3, 3\), expected contiguous "
                                          r".* shape \(4, 3, 3\)"):
         kernels.update_forward(d["streams"], d["y"], d["hres"].transpose(1, 2), d["hpost"])
+    strided = torch.randn(4, 8, 3, dtype=F64).transpose(1, 2)  # (4, 3, 8), not contiguous
+    with pytest.raises(ValueError, match=r"streams must be a contiguous \(B, n, C\) tensor"):
+        kernels.update_forward(strided, d["y"], d["hres"], d["hpost"])
     with pytest.raises(ValueError, match=r"through_rms is .* shape \(3,\), expected .* \(4,\)"):
         kernels.read_backward(d["grad"], d["hpre"], d["du"], d["through_rms"][:3],
                               d["streams"])
