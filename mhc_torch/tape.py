@@ -438,19 +438,17 @@ class _Step(torch.autograd.Function):
             saved = ctx.saved_tensors
             tape.start_backward(grad)
         if layer != tape.depth:
-            if tape.kernels is not None:
-                # ds_t, D[t] and the ring in one native call
+            if tape.kernels is not None or tape.pull_state is not None:
+                # ds_t, D[t] and the ring in one native call: from the arena for small
+                # states, by the saved state's address (any chunk, threaded) for large ones
                 g = grad if grad.is_contiguous() else grad.contiguous()
                 ds = torch.empty_like(g)
-                tape.native_pull(g.data_ptr(), ds.data_ptr(), tape.addresses_pointer, layer)
-                return ds, None, None, None
-            if tape.pull_state is not None:
-                # the same in one threaded pass over the ring, for a state of any chunk
-                g = grad if grad.is_contiguous() else grad.contiguous()
-                ds = torch.empty_like(g)
-                state = (saved if first else ctx.saved_tensors)[0]
-                tape.pull_state(g.data_ptr(), ds.data_ptr(), state.data_ptr(),
-                                tape.addresses_pointer, layer, tape.threads)
+                if tape.kernels is not None:
+                    tape.native_pull(g.data_ptr(), ds.data_ptr(), tape.addresses_pointer, layer)
+                else:
+                    state = (saved if first else ctx.saved_tensors)[0]
+                    tape.pull_state(g.data_ptr(), ds.data_ptr(), state.data_ptr(),
+                                    tape.addresses_pointer, layer, tape.threads)
                 return ds, None, None, None
             if tape.plain:
                 # tape.pull inline for the common case (skip paths, coefficient gradients,

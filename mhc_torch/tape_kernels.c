@@ -14,7 +14,8 @@
  * R is the ring of the newest H state gradients (H rows of n), Q (L+1, H) the pull matrix
  * and D (P+L+1, H) the pairs; D is read before R's slot is overwritten. Every loop runs over
  * blocks of BLOCK entries, so a block of every row stays in L1 across the passes. Large
- * states (an arena of several chunks) take the pull alone, on several threads. Compiled
+ * states (an arena of any number of chunks) take the step and the pull by address, on
+ * several threads. Compiled
  * once per element type: REAL is float or double, NAME(f) appends the suffix.
  */
 #include <stdint.h>
@@ -34,30 +35,33 @@ struct mhc_tape {
     int64_t carried, h, n;
 };
 
-void NAME(mhc_tape_step)(const REAL *y, const struct mhc_tape *tape, int64_t layer) {
-    REAL *arena = tape->arena;
-    const REAL *coefficients = tape->coefficients;
-    const int64_t carried = tape->carried, n = tape->n;
-    const int h = (int)tape->h;
-    const int64_t k = carried + layer < h ? carried + layer : h;
-    const REAL *window = arena + (carried + layer - k) * n;
-    const REAL *c = coefficients + (layer - 1) * h + (h - k);
-    REAL *out = arena + (carried + layer) * n;
-    for (int64_t start = 0; start < n; start += BLOCK) {
-        const int64_t size = n - start < BLOCK ? n - start : BLOCK;
-        REAL *o = out + start;
-        memcpy(o, y + start, (size_t)size * sizeof(REAL));
-        for (int64_t j = 0; j < k; ++j) {
-            const REAL cj = c[j];
-            const REAL *w = window + j * n + start;
+/* One block [start, start + size) of a step: out = y + sum_{j<k} c[j] rows[j]
+ * + sum_{j<k2} c2[j] rows2[j], for rows n apart (a window in one chunk, or across two). */
+static inline void NAME(step_block)(const REAL *y, REAL *out, const REAL *rows, int64_t k,
+                                    const REAL *c, const REAL *rows2, int64_t k2,
+                                    const REAL *c2, int64_t n, int64_t start, int64_t size) {
+    REAL *o = out + start;
+    memcpy(o, y + start, (size_t)size * sizeof(REAL));
+    for (int64_t j = 0; j < k + k2; ++j) {
+        const REAL cj = j < k ? c[j] : c2[j - k];
+        const REAL *w = (j < k ? rows + j * n : rows2 + (j - k) * n) + start;
 #pragma omp simd
-            for (int64_t i = 0; i < size; ++i) o[i] += cj * w[i];
-        }
+        for (int64_t i = 0; i < size; ++i) o[i] += cj * w[i];
     }
 }
 
-/* out = y + sum_{j<k} c[j] rows[j] + sum_{j<k2} c2[j] rows2[j] for rows n apart (a window
- * of a large state, in one chunk or across two), its blocks split over up to `threads`
+void NAME(mhc_tape_step)(const REAL *y, const struct mhc_tape *tape, int64_t layer) {
+    REAL *arena = tape->arena;
+    const int64_t carried = tape->carried, n = tape->n;
+    const int h = (int)tape->h;
+    const int64_t k = carried + layer < h ? carried + layer : h;
+    const REAL *c = (const REAL *)tape->coefficients + (layer - 1) * h + (h - k);
+    for (int64_t start = 0; start < n; start += BLOCK)
+        NAME(step_block)(y, arena + (carried + layer) * n, arena + (carried + layer - k) * n,
+                         k, c, NULL, 0, NULL, n, start, n - start < BLOCK ? n - start : BLOCK);
+}
+
+/* The step of a large state: its window by address, its blocks split over up to `threads`
  * OpenMP threads. */
 void NAME(mhc_tape_step_rows)(const REAL *y, REAL *out, const REAL *rows, int64_t k,
                               const REAL *c, const REAL *rows2, int64_t k2, const REAL *c2,
@@ -65,15 +69,9 @@ void NAME(mhc_tape_step_rows)(const REAL *y, REAL *out, const REAL *rows, int64_
     const int64_t blocks = (n + BLOCK - 1) / BLOCK;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && n >= GRAIN)
     for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t start = b * BLOCK, size = n - start < BLOCK ? n - start : BLOCK;
-        REAL *o = out + start;
-        memcpy(o, y + start, (size_t)size * sizeof(REAL));
-        for (int64_t j = 0; j < k + k2; ++j) {
-            const REAL cj = j < k ? c[j] : c2[j - k];
-            const REAL *w = (j < k ? rows + j * n : rows2 + (j - k) * n) + start;
-#pragma omp simd
-            for (int64_t i = 0; i < size; ++i) o[i] += cj * w[i];
-        }
+        const int64_t start = b * BLOCK;
+        NAME(step_block)(y, out, rows, k, c, rows2, k2, c2, n, start,
+                         n - start < BLOCK ? n - start : BLOCK);
     }
 }
 
