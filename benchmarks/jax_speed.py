@@ -3,8 +3,10 @@
 Depth 50, H=4, the PyTorch benchmark's shapes. Variants (timed round-robin per shape, the
 first call, which compiles, recorded apart): the residual stack in pure JAX run by
 ``lax.scan`` (the baseline of the target) and unrolled by a Python loop; our scan build for
-mhc/simplex, mhc/softmax and hc; our loop build for mhc/simplex. A timed step ends with
-``jax.block_until_ready`` on the new parameters.
+mhc/simplex, mhc/softmax and hc; our loop build for mhc/simplex; and the learned skip
+written by hand in pure JAX (the floor of the target), run by ``lax.scan`` one layer per
+step and 5 layers per step. A timed step ends with ``jax.block_until_ready`` on the new
+parameters.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ from typing import Any
 from benchmarks import machine
 from benchmarks.interleave import Variant, run_interleaved
 from benchmarks.results_io import write_result
-from benchmarks.torch_stacks import SHAPES, parse_shape, shape_label
+from benchmarks.torch_stacks import LEARNED_SKIPS, SHAPES, parse_shape, shape_label
 
 DEPTH = 50
 HISTORY = 4
 VARIANTS = ("residual scan", "residual loop", f"mhc/simplex H{HISTORY} scan",
             f"mhc/softmax H{HISTORY} scan", f"hc H{HISTORY} scan",
-            f"mhc/simplex H{HISTORY} loop")
+            f"mhc/simplex H{HISTORY} loop", f"{LEARNED_SKIPS} H{HISTORY} scan",
+            f"{LEARNED_SKIPS} H{HISTORY} G5 scan")
 QUICK_VARIANTS = ("residual scan", f"mhc/simplex H{HISTORY} scan",
-                  f"mhc/simplex H{HISTORY} loop")
+                  f"mhc/simplex H{HISTORY} loop", f"{LEARNED_SKIPS} H{HISTORY} G5 scan")
 
 
 def timed_variant(name: str, width: int, batch: int) -> Variant:
@@ -89,7 +92,7 @@ def run(quick: bool) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 variants, 2 shapes")
+    parser.add_argument("--quick", action="store_true", help="4 variants, 2 shapes")
     args = parser.parse_args(argv)
     path = write_result("jax_speed", run(args.quick))
     print(f"wrote {path}")

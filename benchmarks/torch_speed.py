@@ -7,10 +7,11 @@ before each step. Compiled variants use ``torch.compile(model, fullgraph=True)``
 call (the cold compile of forward and backward) is recorded as the compile time.
 
 Full sweep: eager {residual, H in {1,4,8} x {mhc/simplex, mhc/softmax, hc}, peer at H=4
-(default and detach_history=False)}, compiled {residual, H=4 kinds}.
-Capped: compile only at H=4, every kind at 64x64 and mhc/simplex alone at the larger shapes
-(see :func:`compiled_kinds`); the peer only at H=4 and only eager (its graph breaks make
-compiling it slower than running it eagerly, which is not what is being compared).
+(default and detach_history=False)}, compiled {residual, H=4 kinds, and at 64x64 the
+learned skip written in plain PyTorch (``LearnedSkipStack``, the floor of the compiled
+target there)}. Capped: compile only at H=4, every kind at 64x64 and mhc/simplex alone at
+the larger shapes (see :func:`compiled_kinds`); the peer only at H=4 and only eager (its
+graph breaks make compiling it slower than running it eagerly, which is not what is being compared).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from benchmarks.torch_stacks import (
     DEPTH,
     HISTORIES,
     KINDS,
+    LEARNED_SKIPS,
     SHAPES,
     build,
     linear_layers,
@@ -118,6 +120,8 @@ def build_variants(width: int, batch: int, quick: bool, compile_: bool) -> tuple
     if compile_ and kinds:
         allow_many_graphs()
         compiled = ["residual", *(variant_name(kind, COMPILE_HISTORY) for kind in kinds)]
+        if shape_label(width, batch) == shape_label(*SHAPES[0]):
+            compiled.append(variant_name(LEARNED_SKIPS, COMPILE_HISTORY))
         for name in compiled:
             model = build(name, layers)
             runner = torch.compile(model, fullgraph=True)

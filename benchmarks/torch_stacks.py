@@ -11,6 +11,8 @@ DEPTH = 50
 SHAPES: tuple[tuple[int, int], ...] = ((64, 64), (512, 256), (1024, 256))
 HISTORIES: tuple[int, ...] = (1, 4, 8)
 KINDS: tuple[str, ...] = ("mhc/simplex", "mhc/softmax", "hc")
+# The floor of the compiled target: the learned skip written by hand, no library.
+LEARNED_SKIPS = "learned skips"
 
 
 def shape_label(width: int, batch: int) -> str:
@@ -42,6 +44,35 @@ class ResidualStack(nn.Module):
         for layer in self.layers:
             s = layer(s) + s
         return s
+
+
+class LearnedSkipStack(nn.Module):
+    """The same H-term learned skip in plain PyTorch, with no projection or gate:
+    s_l = f_l(s_{l-1}) + sum_j w[l, j] s_{l-K+j} over the K = min(H, l) states that exist,
+    w an (L, H) parameter (1/H everywhere, so the states stay finite).
+
+    Of the plain forms measured under torch.compile (benchmarks/findings.md) this one
+    compiles fastest: each layer's row of w broadcast over the width, one ``addcmul`` per
+    window state (inductor then reduces the H weight gradients over the batch next to the
+    bias gradient)."""
+
+    def __init__(self, layers: list[nn.Module], history: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.history = history
+        self.weights = nn.Parameter(torch.full((len(layers), history), 1.0 / history))
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        h = self.history
+        states = [s]
+        for layer, block in enumerate(self.layers):
+            window = states[-h:]
+            row = self.weights[layer].unsqueeze(-1).expand(h, s.shape[-1])
+            out = block(states[-1])
+            for j, state in enumerate(window, h - len(window)):
+                out = torch.addcmul(out, state, row[j])
+            states = [*window, out]
+        return states[-1]
 
 
 def kind_kwargs(kind: str) -> dict[str, str]:
@@ -91,4 +122,6 @@ def build(name: str, layers: list[nn.Module]) -> nn.Module:
         return peer(layers, history, None)
     if kind.startswith("peer detach="):
         return peer(layers, history, kind.endswith("True"))
+    if kind == LEARNED_SKIPS:
+        return LearnedSkipStack(layers, history)
     return ours(layers, history, kind)

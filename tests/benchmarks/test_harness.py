@@ -24,9 +24,15 @@ from benchmarks.lightning_overhead import (
     make_even_step_gate,
 )
 from benchmarks.report import render
-from benchmarks.targets import evaluate
+from benchmarks.targets import compiled_target, evaluate, jax_step_target
 from benchmarks.torch_memory import saved_for_backward
-from benchmarks.torch_stacks import ResidualStack, build, linear_layers, variant_name
+from benchmarks.torch_stacks import (
+    LearnedSkipStack,
+    ResidualStack,
+    build,
+    linear_layers,
+    variant_name,
+)
 
 
 def test_residual_stack_saves_each_linear_input_once() -> None:
@@ -227,6 +233,77 @@ def test_targets_from_synthetic_results() -> None:
     }
     text = render(results)
     assert "**MISSED**" in text and "**not measured**" in text
+
+
+@pytest.mark.parametrize(("ours", "floor", "met"), [
+    (1.15, 1.12, True),    # the floor is above 1.05x: the limit is 1.05 x 1.12 = 1.176x
+    (1.19, 1.12, False),
+    (1.06, 1.04, False),   # the floor is within 1.05x: the residual's limit holds
+    (1.05, None, True),
+    (1.06, None, False),
+])
+def test_compiled_target_falls_back_to_the_floor_only_where_it_is_above_the_limit(
+        ours: float, floor: float | None, met: bool) -> None:
+    medians = {"compiled residual": 1.0, "compiled hc H4": ours}
+    if floor is not None:
+        medians["compiled learned skips H4"] = floor
+    results = {"torch_speed_64x64": _speed("64x64", medians),
+               "torch_speed_512x256": _speed("512x256", {
+                   "compiled residual": 2.0, "compiled mhc/simplex H4": 2.08})}
+    outcome = compiled_target(results)
+    assert outcome.met is met
+    assert ("floor" in outcome.measured) is (floor is not None and floor > 1.05)
+
+
+def test_jax_target_takes_the_fastest_hand_written_scan_as_the_floor() -> None:
+    def shapes(ours: float, floors: tuple[float, float]) -> dict[str, object]:
+        medians = {"residual scan": 1.0, "mhc/simplex H4 scan": ours,
+                   "learned skips H4 scan": floors[0], "learned skips H4 G5 scan": floors[1],
+                   "mhc/simplex H4 loop": 0.5}
+        return {"jax_speed": {"shapes": {"64x64": [
+            {"name": name, "median_s": value} for name, value in medians.items()]}}}
+
+    assert jax_step_target(shapes(1.40, (1.70, 1.36))).met is True    # <= 1.05 x 1.36
+    assert jax_step_target(shapes(1.45, (1.70, 1.36))).met is False   # the slower floor
+    assert jax_step_target(shapes(1.12, (1.30, 1.08))).met is False   # floor within 1.10x
+    assert jax_step_target(shapes(1.09, (1.30, 1.08))).met is True
+
+
+def test_learned_skip_stack_is_the_residual_stack_when_it_keeps_the_newest_state() -> None:
+    torch.manual_seed(0)
+    layers = linear_layers(6, 5)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    floor = build("learned skips H3", layers).double()
+    assert isinstance(floor, LearnedSkipStack)
+    with torch.no_grad():
+        floor.weights.zero_()
+        floor.weights[:, -1] = 1.0
+        torch.testing.assert_close(floor(x), ResidualStack(layers).double()(x))
+
+
+def test_learned_skip_stack_mixes_the_states_that_exist_with_their_weights() -> None:
+    torch.manual_seed(0)
+    layers = [layer.double() for layer in linear_layers(5, 4)]
+    floor = LearnedSkipStack(layers, history=3).double()
+    with torch.no_grad():
+        floor.weights.copy_(torch.randn(4, 3, dtype=torch.float64))
+    x = torch.randn(2, 5, dtype=torch.float64)
+    states = [x]
+    for index, layer in enumerate(layers):
+        window = states[-3:]
+        weights = floor.weights[index, 3 - len(window):]
+        states.append(layer(states[-1]) + sum(w * s for w, s in zip(weights, window, strict=True)))
+    torch.testing.assert_close(floor(x), states[-1])
+    # The weights get true gradients: d out / d w[l, j] by finite differences.
+    floor(x).sum().backward()
+    eps = 1e-6
+    with torch.no_grad():
+        floor.weights[2, 1] += eps
+        up = floor(x).sum()
+        floor.weights[2, 1] -= 2 * eps
+        down = floor(x).sum()
+    assert floor.weights.grad[2, 1].item() == pytest.approx(((up - down) / (2 * eps)).item(),
+                                                            rel=1e-6)
 
 
 def test_variant_names_build_the_right_stacks() -> None:
