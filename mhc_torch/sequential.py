@@ -14,7 +14,7 @@ from mhc_spec.parameters import init_gamma, init_theta
 from mhc_torch.blocks import check_block_output, collect_modules
 from mhc_torch.highway import HighwayRecorder, norm_hook
 from mhc_torch.history import HistoryBuffer
-from mhc_torch.mixing import mix_into
+from mhc_torch.mixing import mix_into, width_rows
 from mhc_torch.portable import export_portable, load_portable
 from mhc_torch.projection import (
     autocast_disabled,
@@ -256,11 +256,10 @@ class MHCSequential(nn.Module):
         ``refuse_in_place``: raise like the tape when a block modifies its input in place
         (eager training, where the version counter is cheap to read)."""
         h = self.config.max_history
-        # Compiled: a (K,) slice per layer (see mix_into); eager: one unbind for all layers
-        # costs less dispatch than K selects per layer.
-        scalars = coefficients.reshape(-1)
-        if not torch.compiler.is_compiling():
-            scalars = scalars.unbind(0)
+        # Compiled: each layer's row broadcast over the width (see width_rows); eager: one
+        # unbind for all layers costs less dispatch than K selects per layer.
+        rows = torch.compiler.is_compiling()
+        scalars = None if rows else coefficients.reshape(-1).unbind(0)
         states = [*carried, self._hooked(x, norms, 0)]
         for layer, block in enumerate(self.layers, 1):
             version = states[-1]._version if refuse_in_place else 0
@@ -271,8 +270,11 @@ class MHCSequential(nn.Module):
             window = states[-k:]
             if self.detach_history:
                 window = [s.detach() for s in window]
-            start = (layer - 1) * h
-            state = mix_into(y, window, scalars[start + h - k:start + h])
+            if rows:
+                state = mix_into(y, window, width_rows(coefficients[layer - 1], y, window))
+            else:
+                start = (layer - 1) * h
+                state = mix_into(y, window, scalars[start + h - k:start + h])
             states.append(self._hooked(state, norms, layer))
             if len(states) > h:
                 del states[0]
