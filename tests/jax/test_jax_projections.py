@@ -132,7 +132,7 @@ def test_masked_logits_get_exactly_zero_gradient_and_no_nan(constraint: str) -> 
     assert np.all(grad[~np.asarray(mask)] == 0.0)
 
 
-@pytest.mark.parametrize("width", [1, 2, 3, 4, 8, 16, 33, 64])
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 8, 16, 33, 64, 65, 100])  # pairwise, then sort
 def test_rows_of_every_width_equal_the_spec_with_ties(x64, width: int) -> None:
     """The spec's sparsemax and its gradient, on rows of a few levels (ties everywhere, at
     and inside the support boundary) and on continuous rows."""
